@@ -1,0 +1,150 @@
+"""The authors' published checkpoints (`model_best_*.pth.tar`, spec section 7) -> the project's SLSTT.
+
+Everything is inferred from the tensors: aggregator (lstm.* keys or not), class count, input size
+(position embedding tokens x patch size), backbone size (embedding dim) and the LSTM/head sizes.
+Class NAMES are not stored in those files; they are guessed from the file name and marked as assumed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slstt.config import ModelConfig, PreprocessConfig
+from slstt.data.schemes import CLASS_SCHEMES
+from slstt.errors import SlsttError
+from slstt.models.checkpoint import LoadedCheckpoint
+from slstt.models.factory import authors_vit_to_timm, build_backbone, read_torch_file, strip_prefix
+from slstt.models.slstt import SLSTT
+
+# embedding dim -> (timm size name, heads, depth) of the standard ViTs
+VIT_SIZES = {192: ("tiny", 3, 12), 384: ("small", 6, 12), 768: ("base", 12, 12), 1024: ("large", 16, 24)}
+# file-name token -> (data set, class scheme); "com" (MEGC 2019 composite) is checked first
+FILE_DATASETS = (("com", "composite", "megc-3"), ("casme2", "casme2", "casme2-5"),
+                 ("samm", "samm", "samm-5"), ("smic", "smic", "smic-3"))
+EXPECTED = "a dict with state_dict holding vit.patch_embedding.weight, vit.transformer.blocks.N.* (the authors' model_best_*.pth.tar)"
+
+
+def authors_state_dict(data: Any) -> dict[str, torch.Tensor] | None:
+    """The model state dict (no `module.` prefix) if `data` looks like an authors' checkpoint, else None."""
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        return None
+    state = strip_prefix(data, "module.")
+    return state if "vit.patch_embedding.weight" in state else None
+
+
+def _vit_backbone_name(dim: int, depth: int, patch: int, input_size: int) -> str:
+    import timm
+
+    if dim not in VIT_SIZES or VIT_SIZES[dim][2] != depth:
+        known = ", ".join(f"dim {d} depth {v[2]}" for d, v in VIT_SIZES.items())
+        raise SlsttError(f"authors' checkpoint has a ViT with dim {dim} and depth {depth}; supported: {known}")
+    size = VIT_SIZES[dim][0]
+    for res in (input_size, 384, 224):
+        name = f"vit_{size}_patch{patch}_{res}"
+        if timm.is_model(name):
+            return name
+    raise SlsttError(f"timm has no ViT-{size} with patch {patch} for this authors' checkpoint")
+
+
+def infer_model_config(state: dict[str, torch.Tensor], labels: list[str], scheme: str) -> ModelConfig:
+    patch_w = state["vit.patch_embedding.weight"]  # (dim, 3, p, p)
+    dim, patch = patch_w.shape[0], patch_w.shape[-1]
+    tokens = state["vit.positional_embedding.pos_embedding"].shape[1]
+    grid = math.isqrt(tokens - 1)
+    if grid * grid != tokens - 1:
+        raise SlsttError(f"authors' checkpoint: position embedding has {tokens} tokens, not 1 + a square grid")
+    depth = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("vit.transformer.blocks."))
+    input_size = grid * patch
+    common = dict(backbone=_vit_backbone_name(dim, depth, patch, input_size), input_size=input_size,
+                  num_frames=11, labels=labels, class_scheme=scheme)
+    if "lstm.weight_ih_l0" in state:
+        layers = sum(1 for k in state if k.startswith("lstm.weight_ih_l"))
+        return ModelConfig(aggregator="lstm", num_classes=state["fc2.weight"].shape[0],
+                           lstm_hidden=state["lstm.weight_hh_l0"].shape[1], lstm_layers=layers,
+                           head_hidden=state["fc1.weight"].shape[0], **common)
+    return ModelConfig(aggregator="mean", num_classes=state["vit.fc.weight"].shape[0], **common)
+
+
+def convert_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    vit = {k[4:]: v for k, v in state.items() if k.startswith("vit.")}
+    out = {f"backbone.{k}": v for k, v in authors_vit_to_timm(vit).items()}
+    if cfg.aggregator == "lstm":
+        out.update({k: v for k, v in state.items() if k.startswith("lstm.")})
+        for src, dst in (("fc1", "head.0"), ("fc2", "head.2")):
+            out[f"{dst}.weight"], out[f"{dst}.bias"] = state[f"{src}.weight"], state[f"{src}.bias"]
+    else:
+        out["frame_fc.weight"], out["frame_fc.bias"] = state["vit.fc.weight"], state["vit.fc.bias"]
+    return out
+
+
+def labels_from_name(name: str | None, num_classes: int) -> tuple[str, str, str, str | None]:
+    """(dataset, class scheme or "", note, fold) guessed from e.g. model_best_casme2_sub01.pth.tar."""
+    stem = re.sub(r"\.pth(\.tar)?$|\.pt$|\.tar$", "", Path(name).name.lower()) if name else ""
+    tokens = [t for t in re.split(r"[_\-\s]+", stem) if t]
+    for token, dataset, scheme in FILE_DATASETS:
+        if token in tokens:
+            fold = "_".join(tokens[tokens.index(token) + 1 :]) or None
+            if len(CLASS_SCHEMES[scheme].labels) == num_classes:
+                return dataset, scheme, f"class names assumed from the file name ({scheme} order); the file stores none", fold
+            note = f"file name suggests {scheme} but the file has {num_classes} classes; names are placeholders"
+            return dataset, "", note, fold
+    return "", "", "class names unknown (not stored in the file, not guessable from its name); names are placeholders", None
+
+
+def _plain_number(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if hasattr(value, "item") and not isinstance(value, torch.Tensor):
+        return value.item()  # numpy scalar
+    return value if isinstance(value, (int, float, str)) or value is None else str(value)
+
+
+def load_authors_checkpoint(source: str | Path | dict, name: str | None = None,
+                            map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """An authors' checkpoint (path or already-loaded dict) as a project SLSTT in eval mode."""
+    if isinstance(source, dict):
+        data, path = source, None
+    else:
+        path = Path(source)
+        data = read_torch_file(path, EXPECTED, map_location)
+        name = name or path.name
+    state = authors_state_dict(data)
+    if state is None:
+        raise SlsttError(f"{path or 'checkpoint dict'}: not an SLSTT-authors checkpoint; expected {EXPECTED}")
+    num_classes = (state.get("fc2.weight", state.get("vit.fc.weight"))).shape[0]
+    dataset, scheme, note, fold = labels_from_name(name, num_classes)
+    labels = list(CLASS_SCHEMES[scheme].labels) if scheme else []
+    try:
+        cfg = infer_model_config(state, labels, scheme)
+        model = SLSTT(cfg, build_backbone(cfg, pretrained=False))
+        model.load_state_dict(convert_state_dict(state, cfg), strict=True)
+    except (KeyError, RuntimeError) as exc:
+        raise SlsttError(f"{path or 'checkpoint dict'}: authors' checkpoint with unexpected tensors ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:120]}); expected {EXPECTED}") from None
+    info = data if isinstance(data, dict) and "state_dict" in data else {}
+    meta = {
+        "source": "authors",
+        "file": name,
+        "arch": _plain_number(info.get("arch")),
+        "epoch": _plain_number(info.get("epoch")),
+        "metrics": {k: _plain_number(info[k]) for k in ("best_acc1", "best_f1") if k in info},
+        "dataset": dataset,
+        "class_scheme": scheme,
+        "labels": cfg.class_names,
+        "labels_assumed": True,
+        "assumptions": [note, "preprocessing assumed to be the paper's (spec section 1)"],
+        "protocol": "loso",
+        "fold": fold,
+        "optimistic": True,  # the authors kept the best epoch on the test subject (spec section 3)
+        "selection": "best epoch on the left-out subject (authors' code)",
+        "data_fps": None,
+    }
+    preprocess = PreprocessConfig(input_size=cfg.input_size, num_frames=cfg.num_frames)
+    return LoadedCheckpoint(model.to(map_location).eval(), cfg, preprocess, meta, "authors")
