@@ -1,0 +1,108 @@
+"""`slstt prepare` and `slstt data check`. Only typer/stdlib at import time; the option constants
+and the two builders below are shared with `slstt train` so both take the same data options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from slstt.config import PreprocessConfig
+    from slstt.data.samples import DatasetTable
+
+# Data options.
+DATASET_OPTION = typer.Option(..., "--dataset", "-d", help="casme2 | samm | smic | megc2019 | manifest")
+DATA_ROOT_OPTION = typer.Option(..., "--data-root", help="Folder holding the data set as released (or the manifest CSV).")
+ANNOTATIONS_OPTION = typer.Option(None, "--annotations", help="Annotation file (found in --data-root when omitted).")
+SCHEME_OPTION = typer.Option(None, "--scheme", help="Class scheme: casme2-5 | samm-5 | smic-3 | megc-3 (data set default).")
+CACHE_DIR_OPTION = typer.Option(Path("slstt_cache"), "--cache-dir", help="Prepared flow images cache.")
+# Preprocessing options (defaults = the paper's recipe, see PreprocessConfig).
+CROP_OPTION = typer.Option("slstt", "--crop", help="slstt (paper) | aligned")
+FLOW_OPTION = typer.Option("farneback", "--flow", help="farneback (paper) | dis | tvl1")
+ENCODING_OPTION = typer.Option("hsv", "--encoding", help="hsv (paper) | uvm")
+FRAMES_OPTION = typer.Option(11, "--frames", "-T", help="Frames per sample (T).")
+INPUT_SIZE_OPTION = typer.Option(384, "--input-size", help="Network input side in pixels.")
+FPS_OPTION = typer.Option(None, "--fps", help="Resample every clip to this frame rate first (e.g. 30 for webcams).")
+APEX_POLICY_OPTION = typer.Option("middle", "--apex-policy", help="Clips without an apex: middle | flow")
+
+
+def build_preprocess_config(crop: str = "slstt", flow: str = "farneback", encoding: str = "hsv", frames: int = 11,
+                            input_size: int = 384, fps: float | None = None,
+                            apex_policy: str = "middle") -> PreprocessConfig:
+    from slstt.config import PreprocessConfig
+
+    return PreprocessConfig(crop=crop, flow=flow, encoding=encoding, num_frames=frames, input_size=input_size,
+                            fps=fps, apex_policy=apex_policy)
+
+
+def load_table(dataset: str, data_root: Path, annotations: Path | None = None,
+               scheme: str | None = None) -> DatasetTable:
+    """The sample table; SlsttError (one line) when the layout gives no usable sample."""
+    from slstt.data.adapters import load_dataset
+    from slstt.errors import SlsttError
+
+    table = load_dataset(dataset, data_root, annotations, scheme)
+    if not table.samples:
+        kinds = ", ".join(f"{k} {n}" for k, n in table.problem_counts().items()) or "no annotation rows"
+        raise SlsttError(f"{dataset}: zero usable samples under {data_root} ({kinds}); run `slstt data check` "
+                         f"with the same options to see why")
+    return table
+
+
+def prepare_command(
+    dataset: str = DATASET_OPTION,
+    data_root: Path = DATA_ROOT_OPTION,
+    annotations: Optional[Path] = ANNOTATIONS_OPTION,  # noqa: UP045 (typer needs Optional on py3.10)
+    scheme: Optional[str] = SCHEME_OPTION,  # noqa: UP045
+    cache_dir: Path = CACHE_DIR_OPTION,
+    workers: int = typer.Option(2, "--workers", help="Worker processes (0: in this process)."),
+    face_model: Optional[Path] = typer.Option(None, "--face-model", help="MediaPipe face_landmarker.task (packaged one by default)."),  # noqa: UP045
+    crop: str = CROP_OPTION,
+    flow: str = FLOW_OPTION,
+    encoding: str = ENCODING_OPTION,
+    frames: int = FRAMES_OPTION,
+    input_size: int = INPUT_SIZE_OPTION,
+    fps: Optional[float] = FPS_OPTION,  # noqa: UP045
+    apex_policy: str = APEX_POLICY_OPTION,
+) -> None:
+    """Crop faces, compute long-term optical flow and cache the encoded flow images."""
+    from slstt.data.prepare import prepare_samples
+    from slstt.errors import SlsttError
+
+    cfg = build_preprocess_config(crop, flow, encoding, frames, input_size, fps, apex_policy)
+    table = load_table(dataset, data_root, annotations, scheme)
+    for kind, count in table.problem_counts().items():
+        typer.echo(f"warning: {count} sample(s) skipped: {kind} (see `slstt data check`)", err=True)
+    report = prepare_samples(table.samples, cfg, cache_dir, workers=workers, face_model=face_model)
+    typer.echo(f"prepared {report.done}, reused {report.reused}, failed {len(report.failed)} -> {report.cache_dir}")
+    for key, message in report.failed[:5]:
+        typer.echo(f"failed: {key}: {message}", err=True)
+    if report.done + report.reused == 0:
+        raise SlsttError(f"no sample could be prepared; see {report.cache_dir / 'failures.json'}")
+
+
+data_app = typer.Typer(help="Inspect data sets (slstt data check).", no_args_is_help=True)
+
+
+@data_app.command("check")
+def check_command(
+    dataset: str = DATASET_OPTION,
+    data_root: Path = DATA_ROOT_OPTION,
+    annotations: Optional[Path] = ANNOTATIONS_OPTION,  # noqa: UP045
+    scheme: Optional[str] = SCHEME_OPTION,  # noqa: UP045
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Also report the prepare cache (faces not found)."),  # noqa: UP045
+) -> None:
+    """Counts per class, subject and data set; skipped samples by kind; faces not found. Exit 1 on problems."""
+    from slstt.data.adapters import load_dataset
+    from slstt.data.check import check_dataset, print_report
+
+    table = load_dataset(dataset, data_root, annotations, scheme)
+    report = check_dataset(table, cache_dir)
+    print_report(report)
+    lines = report.error_lines()
+    for line in lines:
+        typer.echo(f"error: {line}", err=True)
+    if lines:
+        raise typer.Exit(1)

@@ -1,0 +1,171 @@
+"""`slstt prepare`: every sample's T flow images, computed once and cached.
+
+Layout: cache_dir/<cfg.cache_key()>/<dataset>/<subject>/<clip>.npz (images uint8 (T,S,S,3), box,
+positions, apex, signature) + config.json + failures.json. Files are written atomically, so an
+interrupted run resumes; another preprocessing config has another key, so stale files are never
+read; the signature (annotated frame numbers) catches a clip re-annotated under the same key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from slstt.config import PreprocessConfig
+from slstt.data.samples import Sample
+from slstt.errors import SlsttError
+from slstt.io import atomic_write, atomic_write_json
+
+
+@dataclass
+class PrepareReport:
+    done: int  # computed in this run
+    reused: int  # complete files found in the cache
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (sample key, message)
+    cache_dir: Path = Path()  # cache_dir/<cfg.cache_key()>
+
+
+def prepared_path(cache_dir: str | Path, cfg: PreprocessConfig, sample: Sample) -> Path:
+    return Path(cache_dir) / cfg.cache_key() / f"{sample.key}.npz"
+
+
+def _signature(sample: Sample) -> str:
+    """What the annotations say about the clip; a changed annotation invalidates its file."""
+    apex = "" if sample.apex is None else sample.frame_numbers[sample.apex]
+    return f"{sample.frame_numbers[sample.onset]}:{apex}:{sample.frame_numbers[sample.offset]}:{sample.fps:g}"
+
+
+def _read(path: Path, sample: Sample) -> np.ndarray | None:
+    """The cached images when the file is complete and made for these annotations, else None."""
+    try:
+        with np.load(path) as data:
+            if str(data["signature"]) != _signature(sample):
+                return None
+            return data["images"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def load_prepared(cache_dir: str | Path, cfg: PreprocessConfig, sample: Sample) -> np.ndarray:
+    """(T, S, S, 3) uint8 flow images of a prepared sample."""
+    path = prepared_path(cache_dir, cfg, sample)
+    images = _read(path, sample) if path.is_file() else None
+    if images is not None:
+        return images
+    failure = read_failures(cache_dir, cfg).get(sample.key)
+    if failure:
+        raise SlsttError(f"{sample.key} could not be prepared ({failure}); leave it out or fix its frames")
+    what = "missing" if not path.is_file() else "made for other annotations"
+    raise SlsttError(f"prepared flow images of {sample.key} {what} in {path.parent.parent}; run `slstt prepare` "
+                     f"with the same data and preprocessing options (cache key {cfg.cache_key()})")
+
+
+def read_failures(cache_dir: str | Path, cfg: PreprocessConfig) -> dict[str, str]:
+    path = Path(cache_dir) / cfg.cache_key() / "failures.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# ---------------------------------------------------------------- one sample (in a worker or in-process)
+
+_landmarker = None  # one FaceLandmarker per worker process
+
+
+def _init_worker(face_model: str | None, threads: int | None) -> None:
+    global _landmarker
+    import cv2
+
+    from slstt.preprocess.face import FaceLandmarker
+
+    if threads is not None:
+        cv2.setNumThreads(threads)  # worker processes share the cores; no nested threading
+    _landmarker = FaceLandmarker(face_model)
+
+
+def _close_worker() -> None:
+    global _landmarker
+    if _landmarker is not None:
+        _landmarker.close()
+        _landmarker = None
+
+
+def _prepare_one(sample: Sample, cfg_dict: dict, path: str) -> tuple[str, str | None]:
+    """(key, None) when written, (key, message) when the sample failed."""
+    import cv2
+
+    from slstt.preprocess.pipeline import clip_to_flow_images
+
+    cfg = PreprocessConfig.from_dict(cfg_dict)
+    try:
+        clip = clip_to_flow_images(sample.load_frame, len(sample.frames), sample.onset, sample.apex, sample.offset,
+                                   cfg, _landmarker, fps=sample.fps, where=sample.key)
+    except (SlsttError, cv2.error) as exc:  # NoFaceError, unreadable frame, too-short clip
+        return sample.key, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, images=clip.images, box=json.dumps(clip.box.to_dict()),
+                                positions=np.asarray(clip.positions, np.float32), apex=clip.apex,
+                                signature=_signature(sample))
+
+    atomic_write(path, write)
+    return sample.key, None
+
+
+# ---------------------------------------------------------------- the run
+
+def prepare_samples(samples: list[Sample], cfg: PreprocessConfig, cache_dir: str | Path, workers: int = 2,
+                    face_model: str | Path | None = None, progress: bool = True) -> PrepareReport:
+    """Compute and cache the flow images of every sample not already cached (workers=0/1: in-process)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    folder = Path(cache_dir) / cfg.cache_key()
+    if not (folder / "config.json").is_file():
+        cfg.save(folder / "config.json")
+    todo, reused = [], 0
+    for sample in samples:
+        path = prepared_path(cache_dir, cfg, sample)
+        if path.is_file() and _read(path, sample) is not None:
+            reused += 1
+        else:
+            todo.append((sample, str(path)))
+    failures = read_failures(cache_dir, cfg)
+    report = PrepareReport(done=0, reused=reused, cache_dir=folder)
+    model = str(face_model) if face_model else None
+    columns = (TextColumn("prepare"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+
+    def record(key: str, message: str | None) -> None:
+        if message is None:
+            report.done += 1
+            failures.pop(key, None)
+        else:
+            report.failed.append((key, message))
+            failures[key] = message
+
+    try:
+        with Progress(*columns, disable=not progress or not todo) as bar:
+            task = bar.add_task("prepare", total=len(todo))
+            if workers <= 1:
+                _init_worker(model, None)
+                try:
+                    for sample, path in todo:
+                        record(*_prepare_one(sample, cfg.to_dict(), path))
+                        bar.advance(task)
+                finally:
+                    _close_worker()
+            else:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor, as_completed
+
+                context = multiprocessing.get_context("spawn")  # mediapipe and fork do not mix
+                with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                         initargs=(model, 1)) as pool:
+                    futures = [pool.submit(_prepare_one, sample, cfg.to_dict(), path) for sample, path in todo]
+                    for future in as_completed(futures):
+                        record(*future.result())
+                        bar.advance(task)
+    finally:  # also after Ctrl-C: what was written stays valid, failures are kept
+        atomic_write_json(folder / "failures.json", dict(sorted(failures.items())))
+    return report
