@@ -1,0 +1,418 @@
+"""Checkpoint -> one self-contained .onnx file (plus optional encoder/head parts for streaming),
+checked against torch before anything is written.
+
+Why the TorchScript exporter (dynamo=False): the dynamo exporter bakes T into the LSTM's reshapes,
+while the TorchScript one keeps batch and T symbolic. A dynamic T is kept only when onnxruntime
+really matches torch at T-1 and T+2 as well; otherwise the model is re-exported with T fixed.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import tempfile
+import time
+import uuid
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slstt.errors import SlsttError
+from slstt.export.metadata import DTYPES, build_metadata, set_metadata
+
+MAX_IR_VERSION = 13  # onnxruntime 1.31 reads IR <= 13; onnx 1.23 may write 14
+MAX_BYTES = 2**31 - 1  # protobuf's hard limit for one file
+FP32_TOLERANCE = 1e-4  # max |logit difference| torch vs onnxruntime; features: relative to their scale
+PARITY_SEED = 0
+
+# name -> (input name, output name, dynamic axes)
+PARTS: dict[str, tuple[str, str]] = {
+    "full": ("flows", "logits"),
+    "encoder": ("frames", "features"),
+    "head": ("features", "logits"),
+}
+
+
+@dataclass
+class ParityCheck:
+    part: str
+    dtype: str
+    provider: str
+    batch: int
+    T: int | None
+    max_abs_diff: float
+    top1_agreement: float | None  # fraction of samples; None for encoder features
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ExportReport:
+    outputs: list[Path]
+    dtype: str
+    opset: int
+    dynamic_time: bool
+    num_frames: int
+    input_size: int
+    source: str
+    size_bytes: dict[str, int] = field(default_factory=dict)
+    parity: list[ParityCheck] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class _Encoder(nn.Module):
+    """frames (N, 3, H, W) -> per-frame features (N, D) (class token after the final norm)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(frames.unsqueeze(1))[:, 0]
+
+
+class _Head(nn.Module):
+    """features (B, T, D) -> logits (B, C)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.aggregate(features)
+
+
+class _Half(nn.Module):
+    """Runs a half-precision copy; float32 in and out, so callers never see fp16 tensors."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.half()).float()
+
+
+# ---- loading / checks -------------------------------------------------------------------------
+
+
+def _load(checkpoint: Any) -> Any:
+    """A LoadedCheckpoint from a path (project or authors' file) or an already loaded one."""
+    if hasattr(checkpoint, "model") and hasattr(checkpoint, "model_config"):
+        return checkpoint
+    from slstt.models import load_checkpoint
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise SlsttError(f"checkpoint not found: {path}; pass a .pt/.pth.tar written by `slstt train`")
+    try:
+        return load_checkpoint(path)
+    except SlsttError:
+        raise
+    except Exception as exc:  # any unreadable file: one line, never a traceback
+        first = (str(exc).splitlines() or [""])[0][:120]
+        raise SlsttError(
+            f"{path}: not a readable slstt or authors' checkpoint ({type(exc).__name__}: {first})"
+        ) from None
+
+
+def check_output_path(output: Path) -> None:
+    """Fail before the (slow) export when the result could not be written."""
+    if output.suffix != ".onnx":
+        raise SlsttError(f"output must end in .onnx: {output}")
+    if output.is_dir():
+        raise SlsttError(f"output {output} is a directory; pass a file name ending in .onnx")
+    parent = output.parent
+    while not parent.exists():  # atomic_write creates missing folders; check the nearest real one
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SlsttError(f"cannot write {output}: {parent} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise SlsttError(f"cannot write {output}: folder {parent} is not writable ({exc.strerror})") from None
+
+
+def part_paths(output: Path) -> dict[str, Path]:
+    return {
+        "full": output,
+        "encoder": output.with_name(output.stem + ".encoder.onnx"),
+        "head": output.with_name(output.stem + ".head.onnx"),
+    }
+
+
+@contextmanager
+def _quiet():
+    """The exporters warn about things that do not apply here (TracerWarning on timm's size assert,
+    the LSTM batch-size note, the legacy-exporter deprecation, quantizer pre-processing advice)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+
+def _to_onnx(module: nn.Module, example: torch.Tensor, part: str, opset: int, dynamic_time: bool) -> Any:
+    import onnx
+
+    in_name, out_name = PARTS[part]
+    axes_in: dict[int, str] = {0: "batch"}
+    if part in ("full", "head") and dynamic_time:
+        axes_in[1] = "T"
+    buffer = io.BytesIO()
+    module.eval()  # the exporter restores the wrapper's mode afterwards, recursively: keep it eval
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(
+            module, (example,), buffer, dynamo=False, opset_version=opset,
+            input_names=[in_name], output_names=[out_name], do_constant_folding=True,
+            dynamic_axes={in_name: axes_in, out_name: {0: "batch"}},
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    return proto
+
+
+def _quantize_int8(proto: Any) -> Any:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        out = Path(tmp) / "int8.onnx"
+        quantize_dynamic(proto, out, weight_type=QuantType.QInt8)
+        quantized = onnx.load(str(out))
+    quantized.ir_version = min(quantized.ir_version, MAX_IR_VERSION)
+    return quantized
+
+
+def _session(model_bytes: bytes, dtype: str) -> tuple[Any, str]:
+    """An onnxruntime session to verify with: CPU; fp16 may fall back to a usable GPU provider."""
+    import onnxruntime as ort
+
+    from slstt.export.runtime import create_session_from_bytes, usable_providers
+
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"]), "cpu"
+    except Exception as exc:
+        if dtype != "fp16":
+            raise SlsttError(f"onnxruntime cannot load the exported {dtype} model ({str(exc)[:160]})") from None
+        gpu = [p for p in usable_providers() if p != "cpu"]
+        if not gpu:
+            raise SlsttError(
+                "fp16 export cannot be verified here: onnxruntime's CPU provider cannot run it and no "
+                "CUDA/TensorRT provider is usable; export fp16 on the GPU machine or use --dtype fp32"
+            ) from None
+        session, used = create_session_from_bytes(model_bytes, gpu[-1], warmup=False)
+        return session, used[0]
+
+
+def _run(session: Any, x: np.ndarray) -> np.ndarray:
+    inp = session.get_inputs()[0]
+    if inp.type == "tensor(float16)":
+        x = x.astype(np.float16)
+    return np.asarray(session.run(None, {inp.name: x})[0], dtype=np.float32)
+
+
+def _compare(part: str, dtype: str, provider: str, ref: np.ndarray, got: np.ndarray, T: int | None) -> ParityCheck:
+    if ref.shape != got.shape:
+        return ParityCheck(part, dtype, provider, ref.shape[0], T, float("inf"), 0.0, False)
+    diff = float(np.abs(ref - got).max())
+    agreement = None
+    if part == "encoder":
+        tolerance = FP32_TOLERANCE * max(1.0, float(np.abs(ref).max()))
+        ok = diff <= tolerance
+    else:
+        # a disagreement only counts when torch itself separates the two classes by more than tolerance
+        rows = np.arange(ref.shape[0])
+        picked = ref[rows, got.argmax(1)]
+        agree = (got.argmax(1) == ref.argmax(1)) | (ref.max(1) - picked <= FP32_TOLERANCE)
+        agreement = float(agree.mean())
+        ok = diff <= FP32_TOLERANCE and agreement == 1.0
+    return ParityCheck(part, dtype, provider, ref.shape[0], T, diff, agreement, bool(ok))
+
+
+def _parity(module: nn.Module, part: str, proto: Any, dtype: str, inputs: list[torch.Tensor],
+            T_of: list[int | None]) -> list[ParityCheck]:
+    session, provider = _session(proto.SerializeToString(), dtype)
+    checks = []
+    for x, T in zip(inputs, T_of, strict=True):
+        with torch.no_grad():
+            ref = module(x).float().numpy()
+        try:
+            got = _run(session, x.numpy())
+        except Exception:  # e.g. a T the graph cannot take: counted as a failed check
+            got = np.full((0,), np.nan, dtype=np.float32)
+        checks.append(_compare(part, dtype, provider, ref, got, T))
+    return checks
+
+
+def _inputs(part: str, size: int, model: nn.Module, times: list[int]) -> tuple[list, list]:
+    g = torch.Generator().manual_seed(PARITY_SEED)
+    if part == "encoder":
+        return [torch.randn(4, 3, size, size, generator=g)], [None]
+    flows = [torch.randn(2, t, 3, size, size, generator=g) for t in times]
+    if part == "full":
+        return flows, list(times)
+    with torch.no_grad():  # realistic features for the head: the encoder's own outputs
+        return [model.encode(f) for f in flows], list(times)
+
+
+def export_onnx(
+    checkpoint: Any,
+    output: str | Path,
+    *,
+    split: bool = False,
+    dtype: str = "fp32",
+    opset: int = 17,
+    dynamic_time: bool = True,
+    parity: bool = True,
+    console: Any = None,
+) -> ExportReport:
+    """Export a project or authors' checkpoint (path or LoadedCheckpoint) to ONNX.
+
+    Writes nothing unless every part exported and (with parity) matched torch: fp32 must agree to
+    1e-4 on logits with the same top-1, or SlsttError. fp16/int8 differences are reported, not failed.
+    """
+    from rich.console import Console
+
+    from slstt.io import atomic_write_bytes
+
+    console = console or Console()
+    started = time.perf_counter()
+    if dtype not in DTYPES:
+        raise SlsttError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if not 14 <= opset <= 20:
+        raise SlsttError(f"opset {opset} not supported; use 14..20 (default 17)")
+    output = Path(output)
+    check_output_path(output)
+    loaded = _load(checkpoint)
+    model = loaded.model.float().eval()
+    mcfg, pcfg = loaded.model_config, loaded.preprocess_config
+    if pcfg is None:  # a checkpoint without preprocessing: the paper's, at the model's size and T
+        from slstt.config import PreprocessConfig
+
+        pcfg = PreprocessConfig(input_size=mcfg.input_size, num_frames=mcfg.num_frames)
+    T, size = mcfg.num_frames, mcfg.input_size
+    if (pcfg.num_frames, pcfg.input_size) != (T, size):
+        raise SlsttError(
+            f"checkpoint preprocess (T={pcfg.num_frames}, {pcfg.input_size}px) disagrees with its model "
+            f"(T={T}, {size}px); fix the checkpoint's preprocess_config"
+        )
+    dim = model.backbone.embed_dim if hasattr(model, "backbone") else None
+    export_id = uuid.uuid4().hex
+    modules = {"full": model, "encoder": _Encoder(model).eval(), "head": _Head(model).eval()}
+    examples = {
+        "full": torch.zeros(1, T, 3, size, size),
+        "encoder": torch.zeros(1, 3, size, size),
+        "head": torch.zeros(1, T, dim or 1),
+    }
+    if dim is None:
+        with torch.no_grad():
+            examples["head"] = model.encode(torch.zeros(1, T, 3, size, size))
+
+    report = ExportReport([], dtype, opset, dynamic_time, T, size, str(getattr(loaded, "source", "")))
+    blobs: dict[str, bytes] = {}
+    part_names = ["full", "encoder", "head"] if split else ["full"]
+    for part in part_names:
+        module = modules[part]
+        with console.status(f"exporting {part} ({dtype}, opset {opset})"):
+            timed = part != "encoder"
+            dynamic = dynamic_time and timed
+            proto = _to_onnx(module, examples[part], part, opset, dynamic)
+            checks: list[ParityCheck] = []
+            if parity:
+                times = [T, max(1, T - 1), T + 2] if dynamic else [T]
+                times = list(dict.fromkeys(times))
+                xs, t_of = _inputs(part, size, model, times)
+                checks = _parity(module, part, proto, "fp32", xs, t_of)
+                if dynamic and not all(c.passed for c in checks[1:]) and checks[0].passed:
+                    # dynamic T did not hold up in onnxruntime: fix T to the model's
+                    console.print(f"[yellow]dynamic T failed the check for {part}; exporting with T={T} fixed")
+                    report.dynamic_time = dynamic_time = dynamic = False
+                    proto = _to_onnx(module, examples[part], part, opset, False)
+                    checks = _parity(module, part, proto, "fp32", xs[:1], t_of[:1])
+                failed = [c for c in checks if not c.passed]
+                if failed:
+                    c = failed[0]
+                    raise SlsttError(
+                        f"parity check failed for {part} at T={c.T}: max |diff| {c.max_abs_diff:.3g} "
+                        f"(limit {FP32_TOLERANCE:g}), top-1 agreement {c.top1_agreement}; nothing written"
+                    )
+            if dtype == "fp16":
+                proto = _to_onnx(_Half(copy.deepcopy(module).half()), examples[part], part, opset, dynamic)
+            elif dtype == "int8":
+                proto = _quantize_int8(proto)
+            if parity and dtype != "fp32":
+                checks += _parity(module, part, proto, dtype, xs, t_of)
+            report.parity += checks
+            metadata = build_metadata(
+                mcfg, pcfg, loaded.meta, dtype=dtype, dynamic_time=dynamic if timed else dynamic_time,
+                part=part, source=report.source, checkpoint_name=_name(checkpoint),
+                parity={"seed": PARITY_SEED, "tolerance": FP32_TOLERANCE, "reference": "torch fp32 cpu",
+                        "checks": [c.to_dict() for c in checks]},
+            )
+            metadata["export_id"] = export_id
+            metadata["split"] = split
+            metadata["opset"] = opset
+            set_metadata(proto, metadata)
+            if proto.ByteSize() > MAX_BYTES:
+                raise SlsttError(
+                    f"{part} model is {proto.ByteSize() / 2**30:.1f} GiB, over ONNX's 2 GiB single-file limit; "
+                    "use a smaller backbone or --dtype fp16/int8"
+                )
+            blobs[part] = proto.SerializeToString()
+            if part == "full":
+                report.metadata = metadata
+    _print_parity(console, report.parity)
+
+    paths = part_paths(output)
+    written: list[Path] = []
+    try:
+        for part, blob in blobs.items():
+            written.append(atomic_write_bytes(paths[part], blob))
+            report.size_bytes[part] = len(blob)
+    except BaseException:
+        for path in written:  # all parts or none
+            path.unlink(missing_ok=True)
+        raise
+    report.outputs = written
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _name(checkpoint: Any) -> str:
+    return Path(checkpoint).name if isinstance(checkpoint, (str, Path)) else ""
+
+
+def _print_parity(console: Any, checks: list[ParityCheck]) -> None:
+    if not checks:
+        console.print("[yellow]parity check skipped (--no-parity)")
+        return
+    from rich.table import Table
+
+    table = Table(title="parity: torch fp32 vs onnxruntime (random input, seed 0)")
+    for col in ("part", "dtype", "provider", "batch", "T", "max |diff|", "top-1 agreement", "ok"):
+        table.add_column(col)
+    for c in checks:
+        ok = "yes" if c.passed else ("[red]no" if c.dtype == "fp32" else "[yellow]report")
+        agree = "-" if c.top1_agreement is None else f"{c.top1_agreement:.0%}"
+        table.add_row(c.part, c.dtype, c.provider, str(c.batch), str(c.T or "-"),
+                      f"{c.max_abs_diff:.2e}", agree, ok)
+    console.print(table)
