@@ -1,0 +1,187 @@
+"""slstt train: metrics vs scikit-learn, LOSO end to end on a synthetic corpus (acceptance:
+pooled UF1 >= 0.9), report recomputation, determinism, resume, optimistic labelling, bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+from slstt.cli import main
+from slstt.training.metrics import classification_scores
+
+CLASSES = ("happiness", "surprise", "disgust")  # megc-3: positive, surprise, negative
+# A random-init frozen tiny ViT gives weak but linearly separable class tokens on this corpus;
+# the Mean aggregator (a linear head per frame) needs ~60 epochs of SGD to converge on them.
+RECIPE = ["--scheme", "megc-3", "--backbone", "vit_tiny_patch16_224", "--no-pretrained", "--aggregator", "mean",
+          "--input-size", "64", "--frames", "5", "--epochs", "60", "--lr", "0.03", "--lr-step-epoch", "45",
+          "--batch-size", "4", "--seed", "0", "--device", "cpu", "--workers", "0"]
+
+
+def run_cli(args: list[str]) -> int:
+    try:
+        main(["train", *map(str, args)])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The heads trained here are tiny: on a shared 2-core machine, thread contention costs 10x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from slstt.data.synth import make_corpus
+
+    out = tmp_path_factory.mktemp("train_corpus")
+    make_corpus(out, subjects=6, clips_per_class=3, classes=CLASSES, seed=0, fps=60, size=128)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_args(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    cache = tmp_path_factory.mktemp("train_cache")
+    return ["--dataset", "casme2", "--data-root", str(corpus), "--cache-dir", str(cache)]
+
+
+@pytest.fixture(scope="module")
+def loso_run(data_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "loso"
+    assert run_cli([*data_args, *RECIPE, "--out", out]) == 0
+    return out
+
+
+def read_predictions(run: Path) -> list[dict[str, str]]:
+    rows = []
+    for path in sorted(run.glob("fold_*/predictions.csv")):
+        with open(path, newline="") as fh:
+            rows.extend(csv.DictReader(fh))
+    return rows
+
+
+# ---- metrics --------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_match_sklearn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    num_classes = 5
+    y_true = rng.integers(0, num_classes, 200)
+    y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, num_classes, 200))
+    y_pred[y_pred == 3] = 1  # class 3 is never predicted: F1 = recall = 0 for it
+    got = classification_scores(y_true, y_pred, num_classes)
+    assert got["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert got["uf1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    assert got["uar"] == pytest.approx(recall_score(y_true, y_pred, average="macro", zero_division=0))
+    # a class with neither support nor predictions (index 4 of 6) is left out, as sklearn does
+    mask = y_true != 4
+    got6 = classification_scores(y_true[mask], np.where(y_pred[mask] == 4, 0, y_pred[mask]), 6)
+    assert got6["uf1"] == pytest.approx(f1_score(y_true[mask], np.where(y_pred[mask] == 4, 0, y_pred[mask]),
+                                                 average="macro", zero_division=0))
+
+
+# ---- end to end -----------------------------------------------------------------------------
+def test_loso_acceptance_and_report(loso_run: Path) -> None:
+    results = json.loads((loso_run / "results.json").read_text())
+    assert results["optimistic"] is False and results["selection"] == "last"
+    assert sorted(results["folds"]) == [f"sub{i:02d}" for i in range(1, 7)]
+    pooled = results["pooled"]
+    assert pooled["n"] == 54
+    assert pooled["uf1"] >= 0.9, pooled  # ACCEPTANCE
+
+    # results.json is an independent recomputation away from the saved per-sample predictions
+    rows = read_predictions(loso_run)
+    labels = results["labels"]
+    y_true = [labels.index(r["true"]) for r in rows]
+    y_pred = [int(np.argmax([float(r[f"prob_{c}"]) for c in labels])) for r in rows]
+    assert pooled["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert pooled["uf1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert pooled["uar"] == pytest.approx(recall_score(y_true, y_pred, average="macro"))
+    assert len({r["key"] for r in rows}) == 54  # every sample tested exactly once
+
+    for name in ("results.csv", "per_subject.csv", "per_dataset.csv", "confusion_matrix.png", "curves.png",
+                 "config.yaml"):
+        assert (loso_run / name).stat().st_size > 0, name
+    from slstt.models import load_checkpoint
+
+    ckpt = load_checkpoint(loso_run / "fold_sub01" / "checkpoint.pt")
+    assert ckpt.meta["fold"] == "sub01" and ckpt.meta["optimistic"] is False
+    assert ckpt.meta["labels"] == labels and ckpt.preprocess_config.input_size == 64
+    history = json.loads((loso_run / "fold_sub01" / "history.json").read_text())
+    assert len(history["epochs"]) == 60 and "test_acc" not in history["epochs"][0]
+
+
+def test_same_seed_same_predictions(loso_run: Path, data_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    assert run_cli([*data_args, *RECIPE, "--out", out, "--fold", "sub02"]) == 0
+    assert (out / "fold_sub02" / "predictions.csv").read_text() == \
+        (loso_run / "fold_sub02" / "predictions.csv").read_text()
+
+
+def test_resume_skips_done_folds(loso_run: Path, data_args: list[str], tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "resumed"
+    shutil.copytree(loso_run, run)
+    before = json.loads((run / "results.json").read_text())["pooled"]
+    # a killed run: fold sub03 half written (no done.json), results not yet written
+    (run / "fold_sub03" / "done.json").unlink()
+    (run / "fold_sub03" / "predictions.csv").write_text("garbage")
+    (run / "results.json").unlink()
+    done_mtime = (run / "fold_sub01" / "done.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_cli([*data_args, *RECIPE, "--out", run]) == 0
+    err = capsys.readouterr().err
+    assert err.count("skipped (done)") == 5 and "fold sub03: skipped" not in err
+    assert (run / "fold_sub01" / "done.json").stat().st_mtime_ns == done_mtime
+    assert (run / "fold_sub03" / "done.json").is_file()
+    assert json.loads((run / "results.json").read_text())["pooled"] == before
+
+    # same run dir, different config -> one line, exit 2
+    assert run_cli([*data_args, *RECIPE, "--out", run, "--epochs", "3"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "different config" in err[0] and "--overwrite" in err[0]
+
+
+def test_optimistic_and_val_selection(data_args: list[str], tmp_path: Path) -> None:
+    from slstt.models import load_checkpoint
+
+    quick = [*RECIPE, "--epochs", "4", "--fold", "sub01"]
+    assert run_cli([*data_args, *quick, "--select", "test", "--out", tmp_path / "opt"]) == 0
+    results = json.loads((tmp_path / "opt" / "results.json").read_text())
+    assert results["optimistic"] is True and results["note"].startswith("OPTIMISTIC")
+    assert "True" in (tmp_path / "opt" / "results.csv").read_text().splitlines()[1]
+    assert load_checkpoint(tmp_path / "opt" / "fold_sub01" / "checkpoint.pt").meta["optimistic"] is True
+    history = json.loads((tmp_path / "opt" / "fold_sub01" / "history.json").read_text())
+    assert history["optimistic"] and "test_acc" in history["epochs"][0]
+
+    assert run_cli([*data_args, *quick, "--select", "val", "--val-subjects", "2", "--out", tmp_path / "val"]) == 0
+    done = json.loads((tmp_path / "val" / "fold_sub01" / "done.json").read_text())
+    assert len(done["val_subjects"]) == 2 and "sub01" not in done["val_subjects"]
+    assert done["n_train"] == 27 and done["n_test"] == 9 and not done["optimistic"]
+
+
+@pytest.mark.parametrize("change, expected", [
+    (["--data-root", "/nonexistent/corpus"], "does not exist"),
+    (["--dataset", "casme3"], "casme3"),
+    (["--scheme", "casme2-5"], "--scheme"),  # repression and others have no samples
+    (["--fold", "sub99"], "sub01"),  # lists the available subjects
+])
+def test_bad_inputs_one_line(data_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             change: list[str], expected: str) -> None:
+    args = [*data_args, *RECIPE, "--out", tmp_path / "bad", *change]
+    capsys.readouterr()
+    assert run_cli(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "bad" / "results.json").exists()

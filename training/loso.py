@@ -1,0 +1,390 @@
+"""Leave-one-subject-out training (spec sections 3 and 5).
+
+`train_run` plans the folds, computes the shared inputs once (sample table, frozen-feature cache)
+and hands one `FoldJob` per test subject to an executor. `run_fold` is a pure function of that
+job: it seeds everything, builds the model, trains with the paper's SGD recipe, picks the epoch
+(`last` | `val` | `test`), and writes `fold_<subject>/` atomically (built in a temp dir, renamed;
+`done.json` is the last file written). Restarting the same command skips finished folds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slstt.errors import SlsttError
+from slstt.io import atomic_write_json, atomic_write_text
+from slstt.training.config import TrainConfig
+from slstt.training.executors import Executor, FoldJob, LocalExecutor, ProgressFn
+from slstt.training.metrics import classification_scores
+
+ALL_FOLD = "all"
+RESULT_FILES = ("results.json", "results.csv", "per_subject.csv", "per_dataset.csv",
+                "confusion_matrix.png", "curves.png")
+
+
+# ---- small helpers --------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SlsttError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    # Same seed -> same metrics. warn_only: a CUDA op without a deterministic kernel warns, not fails.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@contextmanager
+def head_threads(device: torch.device, cached: bool) -> Iterator[None]:
+    """Training only the head on cached tokens: on CPU, intra-op threads over such small tensors are
+    pure overhead (10x slower on a busy 2-core machine), so use one thread, then restore."""
+    if not cached or device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def fold_dir_name(subject: str) -> str:
+    """Composite subjects look like 'samm/006': keep the directory flat."""
+    return "fold_" + subject.replace("/", "__")
+
+
+def choose_val_subjects(train_subjects: Sequence[str], count: int, seed: int, fold: str) -> list[str]:
+    """Deterministic held-out TRAINING subjects for epoch selection (never the test subject)."""
+    pool = sorted(train_subjects)
+    if len(pool) < 2:
+        raise SlsttError(f"fold {fold}: --select val needs >= 2 training subjects, got {len(pool)}; use --select last")
+    count = min(count, len(pool) - 1)
+    rng = np.random.default_rng([seed, zlib.crc32(fold.encode())])
+    return sorted(rng.choice(pool, size=count, replace=False).tolist())
+
+
+def versions() -> dict[str, str]:
+    import timm
+
+    import slstt
+
+    # str(): torch.__version__ is a TorchVersion, which weights_only checkpoint loading refuses
+    return {"slstt": str(slstt.__version__), "torch": str(torch.__version__), "timm": str(timm.__version__),
+            "numpy": str(np.__version__)}
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def samples_to_json(samples: Sequence) -> list[dict[str, Any]]:
+    return [asdict(s) for s in samples]
+
+
+def samples_from_json(path: str | Path) -> list:
+    from slstt.data.samples import Sample
+
+    return [Sample(**row) for row in json.loads(Path(path).read_text(encoding="utf-8"))]
+
+
+def check_classes(samples: Sequence, labels: Sequence[str], dataset: str, scheme: str) -> None:
+    counts = {name: 0 for name in labels}
+    for s in samples:
+        counts[s.label] = counts.get(s.label, 0) + 1
+    empty = [name for name, n in counts.items() if n == 0]
+    if empty:
+        raise SlsttError(
+            f"class {', '.join(map(repr, empty))} has no samples in {dataset} under scheme {scheme!r}; "
+            f"pick a scheme that fits the labels with --scheme (e.g. megc-3)"
+        )
+
+
+# ---- one fold -------------------------------------------------------------------------------
+class FoldInputs:
+    """Network inputs of a fold's samples: cached pre-norm tokens, or flow images run through the backbone."""
+
+    def __init__(self, cfg: TrainConfig, samples: Sequence, feature_root: str | None, device: torch.device):
+        self.cfg, self.samples, self.device = cfg, list(samples), device
+        self.prep = cfg.preprocess_config()
+        self.tokens = None
+        if feature_root:
+            from slstt.training.features import load_features
+
+            self.tokens = load_features(feature_root, self.samples).to(device)
+
+    def logits(self, model: torch.nn.Module, idx: Sequence[int], training: bool) -> torch.Tensor:
+        if self.tokens is not None:
+            tokens = self.tokens[list(idx)]
+            if training and self.cfg.feature_dropout > 0:
+                tokens = F.dropout(tokens, self.cfg.feature_dropout, training=True)
+            return model.aggregate_trunk(tokens)
+        from slstt.training.features import load_input
+
+        frames = torch.stack([load_input(self.cfg.cache_dir, self.prep, self.samples[i]) for i in idx])
+        return model(frames.to(self.device))
+
+
+def _train_epoch(model, inputs: FoldInputs, idx: list[int], targets: torch.Tensor, optimizer,
+                 generator: torch.Generator, batch_size: int) -> dict[str, float]:
+    model.train()
+    order = [idx[i] for i in torch.randperm(len(idx), generator=generator).tolist()]
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        logits = inputs.logits(model, batch, training=True)
+        loss = F.cross_entropy(logits, targets[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(batch)
+        correct += int((logits.argmax(1) == targets[batch]).sum())
+    return {"loss": total_loss / len(order), "acc": correct / len(order)}
+
+
+@torch.no_grad()
+def _evaluate(model, inputs: FoldInputs, idx: list[int], targets: torch.Tensor, num_classes: int,
+              batch_size: int = 32) -> tuple[dict[str, float], np.ndarray]:
+    model.eval()
+    probs = []
+    for start in range(0, len(idx), batch_size):
+        probs.append(torch.softmax(inputs.logits(model, idx[start : start + batch_size], training=False), 1))
+    p = torch.cat(probs) if probs else torch.zeros(0, num_classes, device=targets.device)
+    t = targets[idx]
+    loss = float(F.nll_loss(torch.log(p.clamp_min(1e-12)), t)) if len(idx) else float("nan")
+    scores = classification_scores(t.cpu().numpy(), p.argmax(1).cpu().numpy(), num_classes)
+    return {"loss": loss, "acc": scores["accuracy"], "uf1": scores["uf1"]}, p.cpu().numpy()
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What changes while training: trainable parameters and buffers (frozen weights stay put)."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k not in frozen}
+
+
+def _better(candidate: dict[str, float], best: dict[str, float] | None, key: str) -> bool:
+    """Higher score wins; ties go to the lower loss; remaining ties keep the earlier epoch."""
+    if best is None:
+        return True
+    return (candidate[key], -candidate["loss"]) > (best[key], -best["loss"])
+
+
+def run_fold(job: FoldJob, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Train and evaluate one fold; writes run_dir/fold_<subject>/ and returns its done.json."""
+    from slstt.models import create_model, save_checkpoint
+
+    cfg = TrainConfig.from_dict(job.config)
+    device = resolve_device(cfg.device)
+    samples = samples_from_json(job.shared["samples"])
+    mcfg, prep = cfg.model_config(), cfg.preprocess_config()
+    labels = mcfg.class_names
+    fold = job.fold
+
+    test_idx = [] if fold == ALL_FOLD else [i for i, s in enumerate(samples) if s.subject == fold]
+    train_subjects = sorted({s.subject for s in samples} - ({fold} if fold != ALL_FOLD else set()))
+    val_subjects = (choose_val_subjects(train_subjects, cfg.val_subjects, cfg.seed, fold)
+                    if cfg.select == "val" else [])
+    val_idx = [i for i, s in enumerate(samples) if s.subject in val_subjects]
+    train_idx = [i for i, s in enumerate(samples) if s.subject in set(train_subjects) - set(val_subjects)]
+    if fold != ALL_FOLD and not test_idx:
+        raise SlsttError(f"fold {fold}: no samples of that subject")
+
+    seed_everything(cfg.seed)  # same init in every fold (and the same frozen backbone the cache used)
+    model = create_model(mcfg, pretrained=cfg.pretrained, weights=cfg.weights).to(device)
+    feature_root = job.shared.get("features") or None
+    if feature_root:
+        from slstt.training.features import backbone_id
+
+        if Path(feature_root).parent.name != backbone_id(model):
+            raise RuntimeError(f"fold {fold}: backbone differs from the one that filled {feature_root}")
+    inputs = FoldInputs(cfg, samples, feature_root, device)
+    targets = torch.tensor([s.class_index for s in samples], device=device)
+
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [cfg.lr_step_epoch], gamma=cfg.lr_gamma)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    history: list[dict[str, Any]] = []
+    best, best_state, best_epoch = None, None, cfg.epochs
+    watch = {"val": val_idx, "test": test_idx}.get(cfg.select)
+    with head_threads(device, inputs.tokens is not None):
+        for epoch in range(1, cfg.epochs + 1):
+            row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            row.update({f"train_{k}": v for k, v in _train_epoch(
+                model, inputs, train_idx, targets, optimizer, generator, cfg.batch_size).items()})
+            scheduler.step()
+            if watch is not None:  # test curves exist only in an optimistic (select=test) run
+                scores, _ = _evaluate(model, inputs, watch, targets, mcfg.num_classes)
+                row.update({f"{cfg.select}_{k}": v for k, v in scores.items()})
+                if _better(scores, best, "acc" if cfg.select == "test" else "uf1"):
+                    best, best_state, best_epoch = scores, _trainable_state(model), epoch
+            history.append(row)
+            if progress is not None:
+                progress(fold, epoch, cfg.epochs, row)
+        if best_state is not None:
+            model.load_state_dict(best_state, strict=False)
+        scores, probs = _evaluate(model, inputs, test_idx, targets, mcfg.num_classes)
+    metrics = {k: scores[k] for k in ("acc", "uf1")} if test_idx else {}
+    meta = {
+        "dataset": cfg.dataset, "class_scheme": mcfg.class_scheme, "labels": labels,
+        "protocol": cfg.protocol, "fold": None if fold == ALL_FOLD else fold,
+        "optimistic": cfg.optimistic, "selection": cfg.select, "epoch": best_epoch,
+        "val_subjects": val_subjects, "metrics": metrics, "data_fps": data_fps(samples, prep.fps),
+        "versions": versions(), "git": git_revision(), "config_hash": cfg.run_hash(),
+    }
+    done = {"fold": fold, "config_hash": cfg.run_hash(), "epoch": best_epoch, "selection": cfg.select,
+            "optimistic": cfg.optimistic, "n_train": len(train_idx), "n_val": len(val_idx),
+            "n_test": len(test_idx), "val_subjects": val_subjects, "metrics": metrics}
+
+    final = Path(job.run_dir) / fold_dir_name(fold)
+    tmp = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    atomic_write_text(tmp / "predictions.csv", predictions_csv([samples[i] for i in test_idx], probs, labels))
+    atomic_write_json(tmp / "history.json", {"optimistic": cfg.optimistic, "selection": cfg.select,
+                                             "test_curves": cfg.select == "test", "epochs": history})
+    save_checkpoint(tmp / "checkpoint.pt", model.cpu(), preprocess=prep, meta=meta)
+    atomic_write_json(tmp / "done.json", done)  # last file: marks the fold finished
+    shutil.rmtree(final, ignore_errors=True)  # a stale, unfinished fold dir from a killed run
+    os.replace(tmp, final)
+    return done
+
+
+def data_fps(samples: Sequence, resampled: float | None) -> float | list[float] | None:
+    """Frame rate the network saw: the resampling rate, else the data's rate(s)."""
+    if resampled:
+        return resampled
+    rates = sorted({float(s.fps) for s in samples})
+    return rates[0] if len(rates) == 1 else rates
+
+
+PREDICTION_FIELDS = ["key", "subject", "dataset", "true", "pred", "true_index", "pred_index"]
+
+
+def predictions_csv(samples: Sequence, probs: np.ndarray, labels: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(PREDICTION_FIELDS + [f"prob_{name}" for name in labels])
+    for sample, p in zip(samples, probs, strict=True):
+        pred = int(np.argmax(p))
+        writer.writerow([sample.key, sample.subject, sample.dataset, sample.label, labels[pred],
+                         sample.class_index, pred] + [f"{v:.6f}" for v in p])
+    return out.getvalue()
+
+
+# ---- the whole run --------------------------------------------------------------------------
+def plan_folds(cfg: TrainConfig, subjects: Sequence[str]) -> list[str]:
+    if cfg.protocol == "all":
+        return [ALL_FOLD]
+    if not cfg.folds:
+        return sorted(subjects)
+    absent = [f for f in cfg.folds if f not in subjects]
+    if absent:
+        raise SlsttError(f"--fold {', '.join(absent)}: no such subject; available: {', '.join(sorted(subjects))}")
+    return sorted(dict.fromkeys(cfg.folds))
+
+
+def open_run_dir(cfg: TrainConfig, overwrite: bool) -> Path:
+    """Create the run dir, or check that an existing one was made by the same config."""
+    run_dir = Path(cfg.out_dir)
+    marker = run_dir / "run.json"
+    if marker.is_file():
+        old = json.loads(marker.read_text(encoding="utf-8")).get("config_hash")
+        if old != cfg.run_hash():
+            if not overwrite:
+                raise SlsttError(f"{run_dir} holds a run with a different config ({old} != {cfg.run_hash()}); "
+                                 f"use another --out or --overwrite")
+            clear_run_dir(run_dir)
+    elif run_dir.is_dir() and overwrite:
+        clear_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"config_hash": cfg.run_hash(), "optimistic": cfg.optimistic})
+    cfg.save(run_dir / "config.yaml")
+    return run_dir
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove what a training run writes (folds, results), nothing else."""
+    for path in run_dir.glob("*fold_*"):
+        shutil.rmtree(path, ignore_errors=True)
+    for name in (*RESULT_FILES, "run.json", "config.yaml", "samples.json"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def fold_done(run_dir: Path, fold: str, run_hash: str) -> bool:
+    done = run_dir / fold_dir_name(fold) / "done.json"
+    if not done.is_file():
+        return False
+    return json.loads(done.read_text(encoding="utf-8")).get("config_hash") == run_hash
+
+
+def prepare_features(cfg: TrainConfig, samples: Sequence, device: torch.device,
+                     on_sample: Callable[[int], None] | None = None) -> str | None:
+    """Fill the frozen-feature cache when it applies; returns its root, or None (backbone runs each step)."""
+    if not cfg.feature_cache:
+        return None
+    from slstt.models import create_model
+    from slstt.training.features import can_cache, compute_features
+
+    seed_everything(cfg.seed)  # exactly the backbone every fold will build
+    model = create_model(cfg.model_config(), pretrained=cfg.pretrained, weights=cfg.weights).to(device)
+    if not can_cache(model):
+        return None
+    return str(compute_features(model, samples, cfg.cache_dir, cfg.preprocess_config(), device,
+                                on_sample=on_sample))
+
+
+def train_run(cfg: TrainConfig, samples: Sequence, *, overwrite: bool = False,
+              executor: Executor | None = None, progress: ProgressFn | None = None,
+              on_feature: Callable[[int], None] | None = None,
+              on_fold: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) every fold, then write the report; returns results.json's content."""
+    from slstt.training.report import write_report
+
+    run_dir = open_run_dir(cfg, overwrite)
+    subjects = sorted({s.subject for s in samples})
+    folds = plan_folds(cfg, subjects)
+    samples_path = run_dir / "samples.json"
+    atomic_write_json(samples_path, samples_to_json(samples))
+    run_hash = cfg.run_hash()
+    todo = [f for f in folds if not fold_done(run_dir, f, run_hash)]
+    for fold in folds:
+        if fold not in todo and on_fold is not None:
+            on_fold(fold, "skipped (done)")
+    if todo:
+        features = prepare_features(cfg, samples, resolve_device(cfg.device), on_feature)
+        shared = {"samples": str(samples_path), "features": features or ""}
+        jobs = [FoldJob(cfg.to_dict(), fold, str(run_dir), shared) for fold in todo]
+        executor = executor or LocalExecutor()
+        fold_fn = partial(run_fold, progress=progress) if isinstance(executor, LocalExecutor) else run_fold
+        executor.run_folds(fold_fn, jobs, on_done=(lambda job, _: on_fold(job.fold, "done")) if on_fold else None)
+    return write_report(run_dir, cfg, folds)
