@@ -262,3 +262,34 @@ def test_without_ray_prints_install_line(data, tmp_path, monkeypatch):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == f"error: {INSTALL_HINT}"
     assert not (tmp_path / "out").exists()  # failed before any work
+
+
+def test_train_executor_ray_without_ray(tmp_path):
+    """`slstt train --executor ray` without Ray: the install line and exit 2, before any data is read."""
+    code = ("import sys; sys.modules['ray'] = None; from slstt.cli import main; "
+            f"main(['train', '--dataset', 'casme2', '--data-root', {str(tmp_path)!r}, '--executor', 'ray', "
+            f"'--out', {str(tmp_path / 'run')!r}])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {INSTALL_HINT}"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_executor_ray_equals_local(ray_session, data, tmp_path):
+    """The user's command: `slstt train ... --executor ray` gives the local executor's numbers."""
+    from slstt.cli import main
+
+    root, _, cfg = data
+    args = ["train", "--dataset", "casme2", "--data-root", cfg.data_root, "--annotations", cfg.annotations,
+            "--scheme", "megc-3", "--cache-dir", cfg.cache_dir, "--backbone", "vit_tiny_patch16_224",
+            "--no-pretrained", "--input-size", "32", "--frames", "4", "--lstm-hidden", "16", "--lstm-layers", "1",
+            "--epochs", "2", "--device", "cpu", "--workers", "0"]
+    pooled = {}
+    for executor in ("local", "ray"):
+        try:
+            main([*args, "--executor", executor, "--out", str(tmp_path / executor)])
+        except SystemExit as exc:
+            assert not exc.code, exc.code
+        pooled[executor] = json.loads((tmp_path / executor / "results.json").read_text())["pooled"]
+    assert pooled["ray"] == pooled["local"]
+    assert len(list((tmp_path / "ray").glob("fold_*/done.json"))) == SUBJECTS

@@ -61,10 +61,17 @@ def train_command(
     input_size: int = INPUT_SIZE_OPTION,
     fps: Optional[float] = FPS_OPTION,  # noqa: UP045
     apex_policy: str = APEX_POLICY_OPTION,
+    executor: str = typer.Option("local", "--executor", help="local (one fold at a time) | ray (folds as Ray tasks)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray: none = private local instance | auto | ray://host:10001"),  # noqa: UP045
+    gpus_per_fold: float = typer.Option(0.0, "--gpus-per-fold", help="Ray: GPUs per fold (0.5 = two folds per GPU)."),
+    cpus_per_fold: float = typer.Option(1.0, "--cpus-per-fold", help="Ray: CPUs per fold."),
+    max_retries: int = typer.Option(2, "--max-retries", help="Ray: retries of a fold whose worker died."),
+    shared_dir: Optional[Path] = typer.Option(None, "--shared-dir", help="Ray: folder every node sees, for shared inputs."),  # noqa: UP045
 ) -> None:
     """Train SLSTT under leave-one-subject-out (or on all subjects)."""
     from slstt.config import ModelConfig
     from slstt.training.config import TrainConfig
+    from slstt.training.executors import get_executor
 
     prep = build_preprocess_config(crop, flow, encoding, frames, input_size, fps, apex_policy)
     model = ModelConfig(backbone=backbone, input_size=input_size, num_frames=frames, aggregator=aggregator,
@@ -79,10 +86,17 @@ def train_command(
         select=select, val_subjects=val_subjects, feature_cache=feature_cache,
         feature_dropout=feature_dropout, workers=workers, out_dir=str(out),
     )
-    run_training(cfg, overwrite=overwrite)
+    # Built before any data is read, so a missing Ray fails at once with its install line.
+    ray_options = dict(address=ray_address, gpus_per_fold=gpus_per_fold, cpus_per_fold=cpus_per_fold,
+                       max_retries=max_retries, shared_dir=shared_dir)
+    ex = get_executor(executor, **(ray_options if executor == "ray" else {}))
+    try:
+        run_training(cfg, overwrite=overwrite, executor=ex)
+    finally:
+        getattr(ex, "close", lambda: None)()  # stops a local Ray instance the executor started
 
 
-def run_training(cfg, overwrite: bool = False) -> dict:
+def run_training(cfg, overwrite: bool = False, executor=None) -> dict:
     """Load + prepare the data, train every fold with live progress, print the summary."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -120,7 +134,7 @@ def run_training(cfg, overwrite: bool = False) -> dict:
                 console.print(f"fold {fold}: {status}")
             bar.update(epoch_task, completed=0)
 
-        results = train_run(cfg, samples, overwrite=overwrite, progress=on_progress,
+        results = train_run(cfg, samples, overwrite=overwrite, executor=executor, progress=on_progress,
                             on_feature=on_feature, on_fold=on_fold)
     print_summary(results, cfg)
     return results

@@ -48,13 +48,15 @@ class LocalExecutor:
         return results
 
 
-def get_executor(name: str = "local") -> Executor:
+def get_executor(name: str = "local", **ray_options: Any) -> Executor:
+    """`local` runs folds one after another here; `ray` runs each fold as a Ray task
+    (ray_options: address, gpus_per_fold, cpus_per_fold, max_retries, shared_dir)."""
     if name == "local":
         return LocalExecutor()
     if name == "ray":
-        from slstt.training.ray_executor import RayExecutor  # type: ignore[import-not-found]
+        from slstt.training.ray_executor import RayExecutor
 
-        return RayExecutor()
+        return RayExecutor(**ray_options)
     from slstt.errors import SlsttError
 
     raise SlsttError(f"unknown executor {name!r}; choose local or ray")

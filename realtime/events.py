@@ -1,0 +1,102 @@
+"""Spotted events and their sinks: JSONL flushed line by line as events close (a crash or a
+SIGTERM never leaves a half-written line), and a CSV table written atomically at the end."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from slstt.io import atomic_write_text
+
+CSV_COLUMNS = [
+    "event", "kind", "onset_frame", "apex_frame", "offset_frame", "onset_s", "apex_s", "offset_s",
+    "duration_ms", "score", "threshold", "label", "confidence", "recognition_latency_ms", "recognition_error",
+]
+
+
+@dataclass
+class SpotEvent:
+    """One spotted interval. Frames are indices in the source stream, times in seconds from its start."""
+
+    event: int  # running number in this run
+    kind: str  # micro | macro
+    onset_frame: int
+    apex_frame: int
+    offset_frame: int
+    onset_s: float
+    apex_s: float
+    offset_s: float
+    score: float  # peak motion score (px of head-compensated flow on the spotting crop)
+    threshold: float  # adaptive threshold when the event opened
+    regions: dict[str, float] = field(default_factory=dict)  # peak score per facial region
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    recognition_latency_ms: float | None = None  # event closed -> label known
+    recognition_error: str | None = None
+    closed_s: float = 0.0  # stream time at which the spotter closed the event (latency = window)
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.offset_s - self.onset_s) * 1000.0
+
+    @property
+    def confidence(self) -> float | None:
+        if not self.probabilities or self.label is None:
+            return None
+        return self.probabilities.get(self.label)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["duration_ms"] = round(self.duration_ms, 1)
+        for key in ("onset_s", "apex_s", "offset_s", "closed_s", "score", "threshold"):
+            data[key] = round(float(data[key]), 4)
+        data["regions"] = {k: round(float(v), 4) for k, v in self.regions.items()}
+        if self.probabilities is not None:
+            data["probabilities"] = {k: round(float(v), 5) for k, v in self.probabilities.items()}
+        if self.recognition_latency_ms is not None:
+            data["recognition_latency_ms"] = round(self.recognition_latency_ms, 2)
+        return data
+
+
+class EventLog:
+    """Append events to a JSONL file, one flushed (and fsynced) line per event."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self.events: list[SpotEvent] = []
+        self._file: TextIO | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, event: SpotEvent) -> None:
+        self.events.append(event)
+        if self._file is not None:
+            self._file.write(json.dumps(event.to_dict(), sort_keys=False) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    """The events of a JSONL file (one object per non-empty line)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_events_csv(path: str | Path, events: list[SpotEvent]) -> Path:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    for ev in sorted(events, key=lambda e: e.onset_frame):
+        d = ev.to_dict()
+        d["confidence"] = None if ev.confidence is None else round(ev.confidence, 5)
+        writer.writerow(["" if d.get(c) is None else d.get(c) for c in CSV_COLUMNS])
+    return atomic_write_text(path, buf.getvalue())

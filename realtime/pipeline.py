@@ -1,0 +1,205 @@
+"""The live spot-then-recognise pipeline, with no UI: tests, `analyze`, `live` and `demo` drive it.
+
+    pipeline = LivePipeline(LiveConfig(), model="model.onnx")   # model=None: spotting only
+    for event in pipeline.run(VideoSource("clip.mp4")):
+        print(event.kind, event.label)
+
+Per frame: ring buffer <- frame; face tracker (landmarker every k frames); spotter (flow on a
+small face crop vs a causal reference). When the spotter closes a micro interval, its frames are
+copied out of the ring and queued for the recognizer thread; the event comes out of process()
+once labelled (macro events, and every event without a model, come out as soon as they close)."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from slstt.realtime.capture import Frame, FrameRing, VideoSource
+from slstt.realtime.events import SpotEvent
+from slstt.realtime.recognizer import ClipFrames, Recognition, Recognizer
+from slstt.realtime.spotting import Interval, SpotStep, Spotter, SpotterConfig
+from slstt.realtime.tracker import FaceState, FaceTracker, TrackerConfig
+
+DEVICE_TO_PROVIDER = {"auto": "auto", "cuda": "cuda", "cpu": "cpu", "tensorrt": "tensorrt"}
+
+
+@dataclass
+class LiveConfig:
+    spotter: SpotterConfig = field(default_factory=SpotterConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    face_model: str | None = None  # MediaPipe .task file (packaged one by default)
+    device: str = "auto"  # recognition: auto | cuda | cpu (onnxruntime provider)
+    buffer_s: float = 3.0  # frame ring: must hold the longest micro event plus the hangover
+    trace_s: float = 10.0  # score history kept for the overlay
+    keep_history: bool = True  # every frame's score (analyze's timeline); off for endless live runs
+
+
+@dataclass
+class PipelineStats:
+    frames: int = 0
+    face_frames: int = 0
+    events: int = 0
+    micro: int = 0
+    macro: int = 0
+    recognized: int = 0
+    busy_s: float = 0.0  # time spent in process() (decode excluded)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.busy_s if self.busy_s > 0 else 0.0
+
+
+class LivePipeline:
+    def __init__(self, config: LiveConfig | None = None, model: str | Path | Recognizer | None = None,
+                 on_warning: Callable[[str], None] | None = None) -> None:
+        self.config = cfg = config or LiveConfig()
+        self.recognizer: Recognizer | None = None
+        if isinstance(model, Recognizer):
+            self.recognizer = model
+        elif model is not None:
+            self.recognizer = Recognizer(model, DEVICE_TO_PROVIDER.get(cfg.device, cfg.device))
+        if self.recognizer is not None and cfg.tracker.recipe != self.recognizer.preprocess.crop:
+            cfg.tracker.recipe = self.recognizer.preprocess.crop  # the box the model was trained on
+        self.tracker = FaceTracker(cfg.tracker, cfg.face_model)
+        self.on_warning = on_warning or (lambda message: None)
+        self.warnings: list[str] = []
+        self.stats = PipelineStats()
+        self.spotter: Spotter | None = None
+        self.ring: FrameRing | None = None
+        self.fps = 30.0
+        self.face: FaceState | None = None
+        self.last_step: SpotStep | None = None
+        self.trace: deque[tuple[float, float, float]] = deque()  # (t, score, threshold) for the overlay
+        self.history: list[tuple[int, float, float, float]] = []  # (index, t, score, threshold), all frames
+        self.recent: deque[SpotEvent] = deque(maxlen=6)
+        self._done: queue.Queue[SpotEvent] = queue.Queue()
+        self._next_index = 0
+        self._warned_no_face = False
+        self._event_count = 0
+
+    # --- setup -------------------------------------------------------------------------------
+    def start(self, fps: float) -> None:
+        self.fps = float(fps) if fps and fps > 0 else 30.0
+        self.spotter = Spotter(self.config.spotter, self.fps)
+        self.ring = FrameRing(int(self.config.buffer_s * self.fps) + 2)
+        self.trace = deque(maxlen=max(10, int(self.config.trace_s * self.fps)))
+
+    @property
+    def has_model(self) -> bool:
+        return self.recognizer is not None
+
+    # --- per frame -----------------------------------------------------------------------------
+    def process(self, image: np.ndarray, t: float, index: int | None = None) -> list[SpotEvent]:
+        """Analyse one BGR frame (in stream order); returns the events finished by now."""
+        if self.spotter is None or self.ring is None:
+            self.start(self.fps)
+        assert self.spotter is not None and self.ring is not None
+        t0 = time.perf_counter()
+        index = self._next_index if index is None else index
+        self._next_index = index + 1
+        self.ring.push(Frame(index, t, image))
+        face = self.face = self.tracker.update(image, index, t)
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        step = self.last_step = self.spotter.update(
+            gray, index, t, face.box if face else None, face.landmarks if face else None)
+        self.stats.frames += 1
+        if face is not None:
+            self.stats.face_frames += 1
+            self._warned_no_face = False
+        elif not self._warned_no_face and self.tracker.no_face_for(t) >= self.config.tracker.warn_after_s:
+            self._warned_no_face = True
+            self._warn(f"no face found for {self.tracker.no_face_for(t):.1f} s (at {t:.1f} s); "
+                       "face the camera, improve the light or check the video")
+        self.trace.append((t, step.score, step.threshold))
+        if self.config.keep_history:
+            self.history.append((index, t, step.score, step.threshold))
+        for interval in step.closed:
+            self._on_interval(interval)
+        self.stats.busy_s += time.perf_counter() - t0
+        return self._drain()
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.on_warning(message)
+
+    def _on_interval(self, iv: Interval) -> None:
+        self._event_count += 1
+        event = SpotEvent(self._event_count, iv.kind, iv.onset, iv.apex, iv.offset, iv.onset_s, iv.apex_s,
+                          iv.offset_s, iv.score, iv.threshold, iv.regions, closed_s=iv.closed_s)
+        self.stats.events += 1
+        if iv.kind == "micro":
+            self.stats.micro += 1
+        else:
+            self.stats.macro += 1
+        if iv.kind != "micro" or self.recognizer is None:
+            self._done.put(event)
+            return
+        clip = self.clip_for(iv)
+        if clip is None:
+            event.recognition_error = "event frames no longer buffered (raise buffer_s)"
+            self._done.put(event)
+        elif not self.recognizer.submit(event, clip, self._on_recognized):
+            event.recognition_error = "recognizer busy: event skipped"
+            self._done.put(event)
+
+    def clip_for(self, iv: Interval) -> ClipFrames | None:
+        """The event's frames onset..offset and the tracked box at its apex (copies: the ring moves on)."""
+        assert self.ring is not None
+        box = self.tracker.box_at(iv.apex) or (self.face.box if self.face else None)
+        if box is None or not (self.ring.has(iv.onset) and self.ring.has(iv.offset)):
+            return None
+        frames, times = self.ring.copy_range(iv.onset, iv.offset)
+        return ClipFrames(frames, times, iv.apex - iv.onset, box)
+
+    def _on_recognized(self, event: object, result: Recognition) -> None:
+        assert isinstance(event, SpotEvent)
+        event.label, event.probabilities = result.label, result.probabilities
+        event.recognition_latency_ms, event.recognition_error = result.latency_ms, result.error
+        if result.label is not None:
+            self.stats.recognized += 1
+        self._done.put(event)
+
+    def _drain(self) -> list[SpotEvent]:
+        out = []
+        while True:
+            try:
+                event = self._done.get_nowait()
+            except queue.Empty:
+                break
+            self.recent.append(event)
+            out.append(event)
+        return out
+
+    def finish(self, timeout: float = 60.0) -> list[SpotEvent]:
+        """Wait for pending recognitions; returns the events finished meanwhile."""
+        if self.recognizer is not None:
+            self.recognizer.wait(timeout)
+        return self._drain()
+
+    # --- whole streams -------------------------------------------------------------------------
+    def run(self, source: VideoSource, on_frame: Callable[[Frame, list[SpotEvent]], None] | None = None
+            ) -> Iterator[SpotEvent]:
+        """Every event of the source, in completion order (the last ones after the stream ends)."""
+        self.start(source.fps)
+        try:
+            for frame in source.frames():
+                events = self.process(frame.image, frame.t, frame.index)
+                if on_frame is not None:
+                    on_frame(frame, events)
+                yield from events
+        finally:
+            tail = self.finish()
+        yield from tail
+
+    def close(self) -> None:
+        if self.recognizer is not None:
+            self.recognizer.close()
+        self.tracker.close()

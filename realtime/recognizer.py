@@ -1,0 +1,144 @@
+"""Asynchronous recognition of spotted micro-expressions with an exported ONNX model.
+
+The network input is built by THE preprocessing used for training: slstt.preprocess.pipeline.
+clip_to_flow_images on the event's buffered frames (onset..offset, as a training clip) with the
+tracked crop box, then flow_images_to_input. Temporal resampling follows the model's metadata:
+preprocess.fps when set, else the training data's frame rate (meta data_fps), so a 30 fps webcam
+and 200 fps training clips give frames at the same temporal spacing. Classification runs in one
+worker thread; the capture loop only copies the frames out of its ring buffer and moves on."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slstt.config import PreprocessConfig
+from slstt.errors import SlsttError
+from slstt.preprocess.face import CropBox
+from slstt.preprocess.flow import flow_images_to_input
+from slstt.preprocess.pipeline import clip_to_flow_images
+
+
+def serving_preprocess(preprocess: PreprocessConfig, metadata: dict, where: str = "model") -> PreprocessConfig:
+    """The preprocessing to apply live: the model's own, with the frame rate made explicit."""
+    if preprocess.fps is not None:
+        return preprocess
+    data_fps = (metadata.get("frame_rate") or {}).get("data_fps", (metadata.get("meta") or {}).get("data_fps"))
+    if data_fps is None:
+        return preprocess  # unknown training rate: frames are taken as they come (documented)
+    if isinstance(data_fps, (list, tuple)):
+        rates = sorted({float(r) for r in data_fps})
+        if len(rates) != 1:
+            raise SlsttError(f"{where}: trained on clips at several frame rates ({', '.join(f'{r:g}' for r in rates)} "
+                             "fps) without preprocess.fps, so the live frame spacing is undefined; retrain with "
+                             "--fps set (temporal resampling)")
+        data_fps = rates[0]
+    return preprocess.replace(fps=float(data_fps))
+
+
+@dataclass
+class ClipFrames:
+    """An event's frames copied out of the ring: frames[0] is the onset, frames[-1] the offset."""
+
+    frames: np.ndarray  # (N, H, W, 3) BGR uint8
+    times: np.ndarray  # (N,) seconds
+    apex: int  # 0-based within frames
+    box: CropBox  # tracked crop box (training recipe) at the apex frame
+
+    @property
+    def fps(self) -> float:
+        """Frame rate measured on the clip itself (cameras do not keep their nominal rate)."""
+        span = float(self.times[-1] - self.times[0])
+        return (len(self.times) - 1) / span if span > 0 else 30.0
+
+
+def build_input(clip: ClipFrames, cfg: PreprocessConfig, fps: float | None = None) -> np.ndarray:
+    """(T, 3, S, S) float32 network input for the clip, exactly as training builds it."""
+    n = len(clip.frames)
+    flow = clip_to_flow_images(lambda i: clip.frames[i], n, 0, clip.apex, n - 1, cfg, None,
+                               fps or clip.fps, box=clip.box, where="live event")
+    return flow_images_to_input(flow.images, cfg)
+
+
+@dataclass
+class Recognition:
+    label: str | None
+    probabilities: dict[str, float] | None
+    latency_ms: float
+    error: str | None = None
+
+
+class Recognizer:
+    """submit(key, clip, on_done) queues a clip; on_done(key, Recognition) runs in the worker."""
+
+    def __init__(self, model_path: str | Path, provider: str = "auto", max_pending: int = 8) -> None:
+        from slstt.export.runtime import OnnxClassifier
+
+        self.classifier = OnnxClassifier(model_path, provider)
+        self.labels = list(self.classifier.labels)
+        self.preprocess = serving_preprocess(self.classifier.preprocess, self.classifier.metadata, str(model_path))
+        self.providers = self.classifier.providers
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(target=self._work, name="slstt-recognizer", daemon=True)
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self.skipped = 0  # clips dropped because the worker was max_pending behind
+        self.latencies_ms: list[float] = []
+        self._thread.start()
+
+    def classify(self, clip: ClipFrames) -> tuple[str, dict[str, float]]:
+        x = build_input(clip, self.preprocess)
+        probs = self.classifier.predict(x[None])[0]
+        return self.labels[int(np.argmax(probs))], {k: float(p) for k, p in zip(self.labels, probs, strict=True)}
+
+    def submit(self, key: object, clip: ClipFrames, on_done: Callable[[object, Recognition], None]) -> bool:
+        with self._lock:
+            if self._queue.full():
+                self.skipped += 1
+                return False
+            self._pending += 1
+        self._queue.put((key, clip, on_done, time.perf_counter()))
+        return True
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            key, clip, on_done, t0 = item
+            try:
+                label, probs = self.classify(clip)
+                result = Recognition(label, probs, (time.perf_counter() - t0) * 1000.0)
+            except Exception as exc:  # noqa: BLE001 - one bad clip must not stop the live loop
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                result = Recognition(None, None, (time.perf_counter() - t0) * 1000.0, msg)
+            self.latencies_ms.append(result.latency_ms)
+            try:
+                on_done(key, result)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every submitted clip is classified (True) or the timeout passes."""
+        with self._lock:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self) -> None:
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:  # stopping mid-backlog: the daemon worker ends with the process
+            return
+        self._thread.join(timeout=5.0)

@@ -1,0 +1,246 @@
+"""The live detector on generated videos: spotting accuracy, recognition without train/serve skew,
+events files, and the one-line failures of the CLI (missing camera, unreadable video, no face)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from slstt.realtime.analyze import GroundTruth, iou, read_ground_truth, score_spotting
+from slstt.realtime.events import EventLog, SpotEvent, read_events
+
+SLSTT = [sys.executable, "-c", "from slstt.cli import main; main()"]
+EVENT_KEYS = {"event", "kind", "onset_frame", "apex_frame", "offset_frame", "onset_s", "apex_s", "offset_s",
+              "score", "threshold", "label", "probabilities", "recognition_latency_ms"}
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DISPLAY": ""}
+    return subprocess.run([*SLSTT, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SLSTT (random weights) exported to ONNX, with live-compatible metadata."""
+    from slstt.config import ModelConfig, PreprocessConfig
+    from slstt.export.onnx import export_onnx
+    from slstt.models import create_model, save_checkpoint
+
+    labels = ["happiness", "surprise", "disgust", "repression", "others"]
+    prep = PreprocessConfig(input_size=32, num_frames=5, fps=30.0)
+    mcfg = ModelConfig(backbone="vit_tiny_patch16_224", input_size=32, num_frames=5, num_classes=5, labels=labels,
+                       lstm_hidden=32, lstm_layers=1, head_hidden=16)
+    out = tmp_path_factory.mktemp("tiny_model")
+    model = create_model(mcfg, pretrained=False)
+    save_checkpoint(out / "tiny.pt", model, preprocess=prep, meta={"labels": labels, "data_fps": 200.0})
+    export_onnx(out / "tiny.pt", out / "tiny.onnx", parity=False)
+    return out / "tiny.onnx"
+
+
+@pytest.fixture(scope="module")
+def analyzed(synth_long_video, tiny_model, tmp_path_factory):
+    """One pass of the pipeline (with recognition) over the synthetic long video; the recognizer's
+    inputs are captured to check them against the training preprocessing."""
+    from slstt.realtime.analyze import analyze_video
+    from slstt.realtime.pipeline import LivePipeline
+    from slstt.realtime.recognizer import Recognizer, build_input
+
+    video, gt = synth_long_video
+    captured = []
+    original = Recognizer.classify
+
+    def spy(self, clip):
+        captured.append((clip, build_input(clip, self.preprocess)))
+        return original(self, clip)
+
+    out = tmp_path_factory.mktemp("analyze")
+    Recognizer.classify = spy
+    try:
+        result = analyze_video(video, out, model=tiny_model, ground_truth=gt)
+    finally:
+        Recognizer.classify = original
+    assert LivePipeline  # imported for the side effect of loading the package once
+    return result, captured, out
+
+
+def test_spotting_f1_on_synthetic_video(analyzed, synth_long_video):
+    result, _, _ = analyzed
+    s = result.scores
+    assert s is not None and s.truth >= 4
+    assert s.f1 >= 0.8, f"spotting F1 {s.f1:.3f} (P {s.precision:.3f} R {s.recall:.3f}) below 0.8"
+    assert result.frames == int(cv2.VideoCapture(str(synth_long_video[0])).get(cv2.CAP_PROP_FRAME_COUNT))
+
+
+def test_macro_expressions_are_macro(analyzed, synth_long_video):
+    result, _, _ = analyzed
+    macros = [g for g in read_ground_truth(synth_long_video[1]) if g.kind == "macro"]
+    assert macros
+    for g in macros:
+        overlapping = [e for e in result.events if iou((e.onset_frame, e.offset_frame), (g.onset, g.offset)) > 0.2]
+        assert overlapping, f"macro expression at frames {g.onset}-{g.offset} not spotted"
+        assert all(e.kind == "macro" for e in overlapping), [e.to_dict() for e in overlapping]
+
+
+def test_events_files_and_labels(analyzed, tiny_model):
+    result, _, out = analyzed
+    rows = read_events(out / "events.jsonl")
+    assert len(rows) == len(result.events) > 0
+    labels = {"happiness", "surprise", "disgust", "repression", "others"}
+    for row in rows:
+        assert EVENT_KEYS <= set(row)
+        assert row["onset_frame"] <= row["apex_frame"] <= row["offset_frame"]
+        if row["kind"] == "micro":  # recognised asynchronously: label, probabilities, latency
+            assert row["label"] in labels and row["recognition_error"] is None
+            assert abs(sum(row["probabilities"].values()) - 1) < 1e-3 and row["recognition_latency_ms"] > 0
+        else:
+            assert row["label"] is None
+    assert (out / "timeline.png").stat().st_size > 10_000
+    csv_rows = (out / "events.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == len(rows) + 1 and csv_rows[0].startswith("event,kind,onset_frame")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scores"]["f1"] == pytest.approx(result.scores.f1)
+
+
+def test_recognizer_input_equals_training_preprocessing(analyzed, synth_long_video, tiny_model):
+    """No train/serve skew: the live input for an event == clip_to_flow_images + flow_images_to_input
+    on the same frames decoded independently from the file, with the training frame-rate handling."""
+    from slstt.export.runtime import OnnxClassifier
+    from slstt.preprocess.flow import flow_images_to_input
+    from slstt.preprocess.pipeline import clip_to_flow_images
+
+    result, captured, _ = analyzed
+    assert captured, "no micro event reached the recognizer"
+    micro = sorted((e for e in result.events if e.kind == "micro"), key=lambda e: e.onset_frame)
+    cap = cv2.VideoCapture(str(synth_long_video[0]))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cfg = OnnxClassifier(tiny_model).preprocess  # fps 30 set at training: resampling is explicit
+    checked = 0
+    for clip, x in captured:
+        event = next(e for e in micro if e.offset_frame - e.onset_frame + 1 == len(clip.frames)
+                     and np.array_equal(frames[e.onset_frame], clip.frames[0]))
+        n = event.offset_frame - event.onset_frame + 1
+        flow = clip_to_flow_images(lambda i, e=event: frames[e.onset_frame + i], n, 0,
+                                   event.apex_frame - event.onset_frame, n - 1, cfg, None, 30.0, box=clip.box)
+        expected = flow_images_to_input(flow.images, cfg)
+        assert x.shape == (cfg.num_frames, 3, cfg.input_size, cfg.input_size)
+        np.testing.assert_array_equal(x, expected)
+        checked += 1
+    assert checked == len(captured)
+
+
+def test_score_spotting_matches_one_to_one():
+    truth = [GroundTruth("micro", "a", 10, 12, 20), GroundTruth("micro", "b", 50, 52, 60),
+             GroundTruth("macro", "c", 80, 90, 120)]
+
+    def ev(n, a, b, kind="micro", label=None):
+        return SpotEvent(n, kind, a, a, b, a / 30, a / 30, b / 30, 1.0, 0.1, label=label)
+
+    events = [ev(1, 10, 19, label="a"), ev(2, 11, 20, label="a"), ev(3, 52, 60, label="x"), ev(4, 80, 120, "macro")]
+    s = score_spotting(events, truth)
+    assert (s.tp, s.spotted, s.truth) == (2, 3, 2)  # the duplicate on interval 1 is a false positive
+    assert s.precision == pytest.approx(2 / 3) and s.recall == 1.0
+    assert s.label_accuracy == 0.5 and s.correct_label == 1
+
+
+def test_event_log_is_flushed_per_event(tmp_path):
+    log = EventLog(tmp_path / "ev.jsonl")
+    log.write(SpotEvent(1, "micro", 3, 5, 9, 0.1, 0.17, 0.3, 0.5, 0.1))
+    assert len(read_events(tmp_path / "ev.jsonl")) == 1  # readable before close
+    log.close()
+
+
+def test_no_face_video_exits_cleanly(no_face_video, tmp_path):
+    proc = run_cli("analyze", str(no_face_video), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert "no face" in proc.stderr
+    assert read_events(tmp_path / "out" / "events.jsonl") == []
+
+
+def test_missing_camera_fails_fast_with_one_line():
+    index = next(i for i in (0, 7, 57) if not Path(f"/dev/video{i}").exists())  # 0 on camera-less machines
+    start = time.perf_counter()
+    proc = run_cli("live", "--camera", str(index), "--no-display", timeout=20)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2
+    assert elapsed < 3.0, f"took {elapsed:.1f} s"
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"error: camera {index} is not available"), proc.stderr
+
+
+@pytest.mark.parametrize("command", ["analyze", "live"])
+def test_unreadable_video_one_line(tmp_path, command):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    args = [command, str(bad)] if command == "analyze" else [command, "--video", str(bad), "--no-display"]
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "cannot read video" in lines[0], proc.stderr
+
+
+def test_sigterm_flushes_events_and_recording(synth_long_video, tmp_path):
+    video, _ = synth_long_video
+    events, record = tmp_path / "events.jsonl", tmp_path / "rec.mp4"
+    proc = subprocess.Popen([*SLSTT, "live", "--video", str(video), "--no-display", "--events", str(events),
+                             "--record", str(record)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and not (events.exists() and events.stat().st_size > 0):
+        time.sleep(0.2)  # played at real time: wait for the first event
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "stopped (signal)" in stderr
+    rows = read_events(events)
+    assert rows and all(EVENT_KEYS <= set(r) for r in rows)
+    cap = cv2.VideoCapture(str(record))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n > 30  # a playable mp4 with the frames seen before the signal
+
+
+def test_model_the_runtime_cannot_honour_fails_with_one_line(tiny_model, no_face_video, tmp_path):
+    import onnx
+
+    from slstt.export.metadata import read_metadata, set_metadata
+
+    meta = read_metadata(tiny_model)
+    meta["preprocess_config"]["flow"] = "raft"  # a flow backend this runtime does not have
+    proto = onnx.load(str(tiny_model))
+    set_metadata(proto, meta)
+    bad = tmp_path / "raft.onnx"
+    onnx.save(proto, str(bad))
+    proc = run_cli("analyze", str(no_face_video), "--model", str(bad), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "raft" in lines[0], proc.stderr
+
+
+def test_serving_preprocess_resamples_to_the_training_rate():
+    from slstt.config import PreprocessConfig
+    from slstt.errors import SlsttError
+    from slstt.realtime.recognizer import serving_preprocess
+
+    assert serving_preprocess(PreprocessConfig(fps=50.0), {"frame_rate": {"data_fps": 200.0}}).fps == 50.0
+    assert serving_preprocess(PreprocessConfig(), {"frame_rate": {"data_fps": 200.0}}).fps == 200.0
+    with pytest.raises(SlsttError, match="several frame rates"):
+        serving_preprocess(PreprocessConfig(), {"frame_rate": {"data_fps": [100.0, 200.0]}})
