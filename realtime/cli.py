@@ -11,6 +11,8 @@ from typing import Any
 
 import typer
 
+from slstt.data.cli import FACE_MODEL_OPTION
+
 # OpenCV/FFmpeg print their own warnings for a missing camera or a broken file; we say it in one line.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
@@ -174,7 +176,7 @@ def live_command(
     min_micro_ms: float | None = typer.Option(None, "--min-micro-ms", help="Shorter intervals are ignored (default 100)."),
     max_micro_ms: float | None = typer.Option(None, "--max-micro-ms", help="Longer intervals are macro (default 500)."),
     landmark_every: int = typer.Option(3, "--landmark-every", help="Run the face landmarker every k-th frame."),
-    face_model: Path | None = typer.Option(None, "--face-model", help="MediaPipe face_landmarker.task."),
+    face_model: Path | None = FACE_MODEL_OPTION,
     fast: bool = typer.Option(False, "--fast", help="Video files: as fast as possible instead of real time."),
 ) -> None:
     """Live micro-expression detector on a camera, video file or stream."""
@@ -203,7 +205,7 @@ def analyze_command(
     min_micro_ms: float | None = typer.Option(None, "--min-micro-ms", help="Default 100."),
     max_micro_ms: float | None = typer.Option(None, "--max-micro-ms", help="Default 500."),
     landmark_every: int = typer.Option(3, "--landmark-every", help="Run the face landmarker every k-th frame."),
-    face_model: Path | None = typer.Option(None, "--face-model", help="MediaPipe face_landmarker.task."),
+    face_model: Path | None = FACE_MODEL_OPTION,
 ) -> None:
     """Run the live pipeline over a video file as fast as possible and report events."""
     from slstt.realtime.analyze import analyze_video, summary_lines

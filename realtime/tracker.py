@@ -8,10 +8,7 @@ residual head motion from the flow itself."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,25 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from slstt.preprocess.face import CropBox, FaceLandmarker, crop_box
-
-
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """MediaPipe's C++ side logs start-up chatter straight to fd 2; hide it (user errors are ours)."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (e.g. captured by a test runner)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 @dataclass
@@ -98,8 +76,7 @@ class FaceTracker:
     def __init__(self, cfg: TrackerConfig | None = None, face_model: str | Path | None = None,
                  history: int = 600) -> None:
         self.cfg = cfg or TrackerConfig()
-        with quiet_native_stderr():
-            self.landmarker = FaceLandmarker(face_model, video=True, min_confidence=self.cfg.min_confidence)
+        self.landmarker = FaceLandmarker(face_model, video=True, min_confidence=self.cfg.min_confidence)
         self.filter = OneEuroFilter(self.cfg.min_cutoff, self.cfg.beta)
         self.state: FaceState | None = None
         self.last_seen_t: float | None = None
@@ -115,11 +92,7 @@ class FaceTracker:
             self._boxes.append((index, self.state.box))
             return self.state
         self.calls += 1
-        if self.calls == 1:  # the first inference logs too
-            with quiet_native_stderr():
-                points = self.landmarker.detect(image, int(round(t * 1000)))
-        else:
-            points = self.landmarker.detect(image, int(round(t * 1000)))
+        points = self.landmarker.detect(image, int(round(t * 1000)))
         if points is None:
             if self.last_seen_t is not None and t - self.last_seen_t > self.cfg.lost_after_s:
                 self.state, self.last_seen_t = None, None

@@ -16,6 +16,7 @@ from slstt.data.cli import (
     DATA_ROOT_OPTION,
     DATASET_OPTION,
     ENCODING_OPTION,
+    FACE_MODEL_OPTION,
     FLOW_OPTION,
     FPS_OPTION,
     FRAMES_OPTION,
@@ -53,7 +54,7 @@ def train_command(
     feature_dropout: float = typer.Option(0.0, "--feature-dropout", help="Dropout on cached tokens while training."),
     cache_dir: Path = CACHE_DIR_OPTION,
     workers: int = typer.Option(2, "--workers", help="Processes preparing missing samples (0: in this process)."),
-    face_model: Optional[Path] = typer.Option(None, "--face-model", help="MediaPipe face_landmarker.task (packaged one by default)."),  # noqa: UP045
+    face_model: Optional[Path] = FACE_MODEL_OPTION,  # noqa: UP045
     crop: str = CROP_OPTION,
     flow: str = FLOW_OPTION,
     encoding: str = ENCODING_OPTION,

@@ -17,6 +17,7 @@ DATASET_OPTION = typer.Option(..., "--dataset", "-d", help="casme2 | samm | smic
 DATA_ROOT_OPTION = typer.Option(..., "--data-root", help="Folder holding the data set as released (or the manifest CSV).")
 ANNOTATIONS_OPTION = typer.Option(None, "--annotations", help="Annotation file (found in --data-root when omitted).")
 SCHEME_OPTION = typer.Option(None, "--scheme", help="Class scheme: casme2-5 | samm-5 | smic-3 | megc-3 (data set default).")
+FACE_MODEL_OPTION = typer.Option(None, "--face-model", help="MediaPipe face_landmarker.task (packaged one by default).")
 CACHE_DIR_OPTION = typer.Option(Path("slstt_cache"), "--cache-dir", help="Prepared flow images cache.")
 # Preprocessing options (defaults = the paper's recipe, see PreprocessConfig).
 CROP_OPTION = typer.Option("slstt", "--crop", help="slstt (paper) | aligned")
@@ -58,7 +59,7 @@ def prepare_command(
     scheme: Optional[str] = SCHEME_OPTION,  # noqa: UP045
     cache_dir: Path = CACHE_DIR_OPTION,
     workers: int = typer.Option(2, "--workers", help="Worker processes (0: in this process)."),
-    face_model: Optional[Path] = typer.Option(None, "--face-model", help="MediaPipe face_landmarker.task (packaged one by default)."),  # noqa: UP045
+    face_model: Optional[Path] = FACE_MODEL_OPTION,  # noqa: UP045
     crop: str = CROP_OPTION,
     flow: str = FLOW_OPTION,
     encoding: str = ENCODING_OPTION,

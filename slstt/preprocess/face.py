@@ -7,8 +7,11 @@ lower lip (57). "Right"/"left" are the subject's: the subject's right eye is on 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import os
+import sys
 import weakref
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -95,6 +98,25 @@ def _close_quietly(task: Any) -> None:
         pass
 
 
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """MediaPipe's C++ side logs start-up chatter straight to fd 2; hide it (user errors are ours)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (e.g. captured by a test runner)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class FaceLandmarker:
     """One face's 478 landmarks in pixel coordinates. Creating one costs ~0.1 s: make it once
     and pass it around. video=True uses MediaPipe's tracking mode (monotonic timestamps)."""
@@ -115,7 +137,8 @@ class FaceLandmarker:
             min_tracking_confidence=min_confidence,
         )
         try:
-            self._task = vision.FaceLandmarker.create_from_options(options)
+            with quiet_native_stderr():
+                self._task = vision.FaceLandmarker.create_from_options(options)
         except Exception as exc:  # noqa: BLE001 - mediapipe raises RuntimeError/ValueError
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SlsttError(f"cannot load face model {path}: {reason}; pass a MediaPipe "
@@ -123,6 +146,7 @@ class FaceLandmarker:
         self.video = video
         self.model_path = path
         self._last_ts = -1
+        self._quiet_calls = 1  # the first inference logs native chatter too
         # Close before interpreter teardown (mediapipe's own __del__ fails at shutdown).
         self._finalizer = weakref.finalize(self, _close_quietly, self._task)
 
@@ -139,12 +163,15 @@ class FaceLandmarker:
             raise SlsttError(f"detect: expected a uint8 gray, BGR or BGRA frame, got {frame_bgr.shape} {frame_bgr.dtype}")
         rgb = cv2.cvtColor(frame_bgr, code)  # a contiguous copy, as mp.Image needs
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
-        if self.video:
-            ts = self._last_ts + 1 if timestamp_ms is None else max(int(timestamp_ms), self._last_ts + 1)
-            self._last_ts = ts
-            result = self._task.detect_for_video(image, ts)
-        else:
-            result = self._task.detect(image)
+        quiet = quiet_native_stderr() if self._quiet_calls else contextlib.nullcontext()
+        self._quiet_calls = max(0, self._quiet_calls - 1)
+        with quiet:
+            if self.video:
+                ts = self._last_ts + 1 if timestamp_ms is None else max(int(timestamp_ms), self._last_ts + 1)
+                self._last_ts = ts
+                result = self._task.detect_for_video(image, ts)
+            else:
+                result = self._task.detect(image)
         if not result.face_landmarks:
             return None
         h, w = rgb.shape[:2]
