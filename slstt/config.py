@@ -128,6 +128,10 @@ class PreprocessConfig(ConfigBase):
     # selection, so 200 fps training data and a 30 fps webcam give the same temporal spacing.
     fps: float | None = None
     apex_policy: str = "middle"  # used when a clip has no annotated apex: middle | flow
+    # Side the face crop is resized to before optical flow. None = the crop's native size (the
+    # paper). Setting it (e.g. 224) makes faces of different sizes (a ~250 px CASME II crop, a
+    # ~450 px webcam face) give comparable flow: Farneback's window and uvm_scale are in pixels.
+    flow_size: int | None = None
     uvm_scale: float = 8.0  # uvm encoding: pixels of motion that map to full scale
 
     def validate(self) -> None:
@@ -139,6 +143,8 @@ class PreprocessConfig(ConfigBase):
             raise SlsttError(f"preprocess.num_frames must be >= 1, got {self.num_frames}")
         if self.input_size < 16:
             raise SlsttError(f"preprocess.input_size must be >= 16, got {self.input_size}")
+        if self.flow_size is not None and self.flow_size < 16:
+            raise SlsttError(f"preprocess.flow_size must be >= 16 or unset, got {self.flow_size}")
         if self.fps is not None and self.fps <= 0:
             raise SlsttError(f"preprocess.fps must be > 0 or unset, got {self.fps}")
 

@@ -344,3 +344,19 @@ def test_no_face_raises_with_location(landmarker):
     with pytest.raises(NoFaceError, match="casme2/sub01/EP01"):
         clip_to_flow_images(blank.__getitem__, 6, 0, 3, 5, PreprocessConfig(input_size=32), landmarker,
                             fps=30.0, where="casme2/sub01/EP01")
+
+
+def test_flow_size_makes_flow_comparable_across_face_sizes(photo, landmarker):
+    """The same motion on a face twice as large: resizing crops to flow_size before the flow brings
+    the flow images much closer than flow at the native crop size (webcam vs data set faces)."""
+    frames = synthetic_clip(photo, peak=5, n=9)
+    big = [cv2.resize(f, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC) for f in frames]
+    diffs = {}
+    for flow_size in (None, 112):
+        cfg = PreprocessConfig(input_size=64, flow_size=flow_size)
+        small_clip = clip_to_flow_images(frames.__getitem__, 9, 0, 5, 8, cfg, landmarker, fps=200.0)
+        big_clip = clip_to_flow_images(big.__getitem__, 9, 0, 5, 8, cfg, landmarker, fps=200.0)
+        assert 1.8 < big_clip.box.side / small_clip.box.side < 2.2
+        diffs[flow_size] = np.abs(small_clip.images.astype(np.int16) - big_clip.images).mean()
+    print(f"mean |difference| native {diffs[None]:.2f}, flow_size 112 {diffs[112]:.2f}")
+    assert diffs[112] < 0.7 * diffs[None]

@@ -30,13 +30,19 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return image.copy() if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
-def _crop_loader(load_frame: Callable[[int], np.ndarray], box: CropBox) -> Callable[[int], np.ndarray]:
-    """Grayscale crops, each frame loaded and cropped once per clip (blends share neighbours)."""
+def _crop_loader(load_frame: Callable[[int], np.ndarray], box: CropBox,
+                 side: int | None = None) -> Callable[[int], np.ndarray]:
+    """Grayscale crops, each frame loaded and cropped once per clip (blends share neighbours);
+    resized to side x side when a side is given (PreprocessConfig.flow_size)."""
     cache: dict[int, np.ndarray] = {}
 
     def load(i: int) -> np.ndarray:
         if i not in cache:
-            cache[i] = _gray(apply_crop(load_frame(i), box))
+            crop = _gray(apply_crop(load_frame(i), box))
+            if side is not None and crop.shape[0] != side:
+                interpolation = cv2.INTER_AREA if crop.shape[0] > side else cv2.INTER_LINEAR
+                crop = cv2.resize(crop, (side, side), interpolation=interpolation)
+            cache[i] = crop
         return cache[i]
 
     return load
@@ -98,7 +104,7 @@ def clip_to_flow_images(load_frame: Callable[[int], np.ndarray], num_frames_in_c
                          f"({fps}); give the clip's fps or unset preprocess.fps")
     positions = select_positions(onset, apex, offset, cfg.num_frames, src_fps=fps, dst_fps=cfg.fps)
 
-    load_crop = _crop_loader(load_frame, box)
+    load_crop = _crop_loader(load_frame, box, cfg.flow_size)
     ref = load_crop(onset)
     size = cfg.input_size
     images = np.empty((len(positions), size, size, 3), dtype=np.uint8)
