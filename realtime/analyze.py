@@ -152,6 +152,16 @@ class AnalyzeResult:
     out_dir: Path
 
 
+def _make_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise SlsttError(f"--out {out} is a file; pass a folder (it is created when missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlsttError(f"cannot create the output folder {out}: {exc.strerror or exc}; "
+                         "pass a folder path you can write to") from None
+
+
 def analyze_video(video: str | Path, out_dir: str | Path, *, model: str | Path | None = None,
                   ground_truth: str | Path | None = None, config: Any = None,
                   record: str | Path | None = None, progress: bool = False,
@@ -162,14 +172,13 @@ def analyze_video(video: str | Path, out_dir: str | Path, *, model: str | Path |
     from slstt.realtime.pipeline import LiveConfig, LivePipeline
 
     truth = read_ground_truth(ground_truth) if ground_truth else None
+    source = VideoSource(str(video), threaded=False)  # a bad video fails before any folder is made
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    source = VideoSource(str(video), threaded=False)
-    pipe = LivePipeline(config or LiveConfig(), model=model, on_warning=on_warning)
-    log = EventLog(out / "events.jsonl")
-    writer = None
-    bar = None
+    pipe = log = writer = bar = None
     try:
+        _make_out_dir(out)
+        pipe = LivePipeline(config or LiveConfig(), model=model, on_warning=on_warning)
+        log = EventLog(out / "events.jsonl")
         if record:
             from slstt.realtime.overlay import open_writer
 
@@ -196,11 +205,13 @@ def analyze_video(video: str | Path, out_dir: str | Path, *, model: str | Path |
     finally:
         if bar is not None:
             bar.stop()
-        log.close()
+        if log is not None:
+            log.close()
         if writer is not None:
             writer.release()
         source.close()
-        pipe.close()
+        if pipe is not None:
+            pipe.close()
     if pipe.stats.frames and not pipe.stats.face_frames:
         message = (f"no face found in any of the {pipe.stats.frames} frames of {video}; spotting needs a "
                    "visible, frontal face")

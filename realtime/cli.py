@@ -19,6 +19,10 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
 
 
+DEVICES = ("auto", "tensorrt", "cuda", "cpu")  # onnxruntime providers of slstt.export.runtime
+DEVICE_HELP = "Recognition device: auto | tensorrt | cuda | cpu."
+
+
 def _echo(message: str) -> None:
     typer.echo(message, err=True)
 
@@ -30,8 +34,8 @@ def _live_config(threshold_k: float | None, min_micro_ms: float | None, max_micr
     from slstt.realtime.spotting import SpotterConfig
     from slstt.realtime.tracker import TrackerConfig
 
-    if device not in ("auto", "cuda", "cpu"):
-        raise SlsttError(f"--device {device!r}: choose auto, cuda or cpu")
+    if device not in DEVICES:
+        raise SlsttError(f"--device {device!r}: choose {', '.join(DEVICES)}")
     if landmark_every < 1:
         raise SlsttError(f"--landmark-every must be >= 1, got {landmark_every}")
     spot = SpotterConfig(calibrate_s=max(0.0, calibrate))
@@ -57,6 +61,7 @@ def _check_model(model: Path | None) -> None:
 def _event_line(ev: Any) -> str:
     label = f" {ev.label} ({ev.confidence:.0%})" if ev.label and ev.confidence is not None else ""
     error = f" [recognition: {ev.recognition_error}]" if ev.recognition_error else ""
+    error += f" [note: {ev.recognition_note}]" if ev.recognition_note else ""
     latency = f", recognised in {ev.recognition_latency_ms:.0f} ms" if ev.recognition_latency_ms else ""
     return (f"{ev.kind:5s} {ev.onset_s:7.2f}-{ev.offset_s:.2f} s (frames {ev.onset_frame}-{ev.offset_frame}, "
             f"{ev.duration_ms:.0f} ms, score {ev.score:.2f}){label}{latency}{error}")
@@ -99,11 +104,12 @@ def run_live(source_spec: int | str, *, model: Path | None, config: Any, display
         from slstt.realtime.overlay import open_writer, render
         from slstt.realtime.pipeline import LivePipeline
 
+        # output paths first: a bad --events/--record fails in one line before the models load
+        log = EventLog(events_path)
+        writer = open_writer(record, source.fps, (source.width, source.height)) if record else None
         config.keep_history = False  # hours of live video: only the overlay's trace is kept
         pipe = LivePipeline(config, model=model, on_warning=lambda m: _echo(f"warning: {m}"))
         pipe.start(source.fps)
-        log = EventLog(events_path)
-        writer = open_writer(record, source.fps, (source.width, source.height)) if record else None
         mode = f"model {model.name} ({', '.join(pipe.recognizer.providers)})" if pipe.recognizer else \
             "spotting only (no --model)"
         _echo(f"live: {source_spec if isinstance(source_spec, str) else f'camera {source_spec}'} "
@@ -167,7 +173,7 @@ def live_command(
     video: Path | None = typer.Option(None, "--video", help="Video file, played at its own frame rate."),
     source: str | None = typer.Option(None, "--source", help="Camera index, video file or stream URL (rtsp://, http://)."),
     model: Path | None = typer.Option(None, "--model", help="Exported model.onnx; without it only spotting runs."),
-    device: str = typer.Option("auto", "--device", help="Recognition device: auto | cuda | cpu."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     no_display: bool = typer.Option(False, "--no-display", help="Headless: no window."),
     events: Path | None = typer.Option(None, "--events", help="Write events here as JSONL (flushed per event)."),
     record: Path | None = typer.Option(None, "--record", help="Write the annotated video here (mp4)."),
@@ -198,7 +204,7 @@ def analyze_command(
     out: Path = typer.Option(Path("analyze_out"), "--out", help="Folder for events.jsonl, events.csv, timeline.png."),
     model: Path | None = typer.Option(None, "--model", help="Exported model.onnx to label micro events."),
     ground_truth: Path | None = typer.Option(None, "--ground-truth", help="Ground-truth CSV (synth .gt.csv form) to score against."),
-    device: str = typer.Option("auto", "--device", help="Recognition device: auto | cuda | cpu."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     record: Path | None = typer.Option(None, "--record", help="Also write the annotated video."),
     calibrate: float = typer.Option(0.0, "--calibrate", help="Seconds of neutral face at the start."),
     threshold_k: float | None = typer.Option(None, "--threshold-k", help="Threshold = median + k * MAD (default 5)."),

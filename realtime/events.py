@@ -11,11 +11,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from slstt.errors import SlsttError
 from slstt.io import atomic_write_text
 
 CSV_COLUMNS = [
     "event", "kind", "onset_frame", "apex_frame", "offset_frame", "onset_s", "apex_s", "offset_s",
     "duration_ms", "score", "threshold", "label", "confidence", "recognition_latency_ms", "recognition_error",
+    "recognition_note",
 ]
 
 
@@ -38,6 +40,7 @@ class SpotEvent:
     probabilities: dict[str, float] | None = None
     recognition_latency_ms: float | None = None  # event closed -> label known
     recognition_error: str | None = None
+    recognition_note: str | None = None  # e.g. cropped with the tracked box (no face on the apex frame)
     closed_s: float = 0.0  # stream time at which the spotter closed the event (latency = window)
 
     @property
@@ -63,6 +66,17 @@ class SpotEvent:
         return data
 
 
+def check_output_file(path: Path, what: str, example: str) -> None:
+    """One line instead of IsADirectoryError/NotADirectoryError for a file we are about to write."""
+    if path.is_dir():
+        raise SlsttError(f"{what} {path} is a folder; pass a file path such as {path / example}")
+    for parent in path.parents:  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise SlsttError(f"{what} {path}: {parent} is a file, not a folder; pass a path in a writable folder")
+            return
+
+
 class EventLog:
     """Append events to a JSONL file, one flushed (and fsynced) line per event."""
 
@@ -71,8 +85,13 @@ class EventLog:
         self.events: list[SpotEvent] = []
         self._file: TextIO | None = None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            check_output_file(self.path, "events file", "events.jsonl")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            except OSError as exc:
+                raise SlsttError(f"cannot write events file {self.path}: {exc.strerror or exc}; "
+                                 "pass a path in a writable folder") from None
 
     def write(self, event: SpotEvent) -> None:
         self.events.append(event)

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from slstt.errors import SlsttError
+from slstt.realtime.events import check_output_file
 from slstt.realtime.pipeline import LivePipeline
 
 DISCLAIMER = "Research tool - not a lie detector"
@@ -21,7 +22,12 @@ PANEL_H = 90
 
 def open_writer(path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
     """An mp4v VideoWriter (released by the caller: the file is playable once released)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(path, "recording", "live.mp4")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlsttError(f"cannot write the recording {path}: {exc.strerror or exc}; "
+                         "pass a path in a writable folder") from None
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
     if not writer.isOpened():
         raise SlsttError(f"cannot write the recording {path}; check the folder is writable and the name ends in .mp4")

@@ -27,15 +27,13 @@ from slstt.realtime.recognizer import ClipFrames, Recognition, Recognizer
 from slstt.realtime.spotting import Interval, SpotStep, Spotter, SpotterConfig
 from slstt.realtime.tracker import FaceState, FaceTracker, TrackerConfig
 
-DEVICE_TO_PROVIDER = {"auto": "auto", "cuda": "cuda", "cpu": "cpu", "tensorrt": "tensorrt"}
-
 
 @dataclass
 class LiveConfig:
     spotter: SpotterConfig = field(default_factory=SpotterConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     face_model: str | None = None  # MediaPipe .task file (packaged one by default)
-    device: str = "auto"  # recognition: auto | cuda | cpu (onnxruntime provider)
+    device: str = "auto"  # recognition: auto | tensorrt | cuda | cpu (onnxruntime provider, same names)
     buffer_s: float = 3.0  # frame ring: must hold the longest micro event plus the hangover
     trace_s: float = 10.0  # score history kept for the overlay
     keep_history: bool = True  # every frame's score (analyze's timeline); off for endless live runs
@@ -65,9 +63,9 @@ class LivePipeline:
         if isinstance(model, Recognizer):
             self.recognizer = model
         elif model is not None:
-            self.recognizer = Recognizer(model, DEVICE_TO_PROVIDER.get(cfg.device, cfg.device))
+            self.recognizer = Recognizer(model, cfg.device, face_model=cfg.face_model)
         if self.recognizer is not None and cfg.tracker.recipe != self.recognizer.preprocess.crop:
-            cfg.tracker.recipe = self.recognizer.preprocess.crop  # the box the model was trained on
+            cfg.tracker.recipe = self.recognizer.preprocess.crop  # the fallback box in the model's recipe
         self.tracker = FaceTracker(cfg.tracker, cfg.face_model)
         self.on_warning = on_warning or (lambda message: None)
         self.warnings: list[str] = []
@@ -142,27 +140,33 @@ class LivePipeline:
         if iv.kind != "micro" or self.recognizer is None:
             self._done.put(event)
             return
-        clip = self.clip_for(iv)
+        clip, why_not = self.clip_for(iv)
         if clip is None:
-            event.recognition_error = "event frames no longer buffered (raise buffer_s)"
+            event.recognition_error = why_not
             self._done.put(event)
         elif not self.recognizer.submit(event, clip, self._on_recognized):
             event.recognition_error = "recognizer busy: event skipped"
             self._done.put(event)
 
-    def clip_for(self, iv: Interval) -> ClipFrames | None:
-        """The event's frames onset..offset and the tracked box at its apex (copies: the ring moves on)."""
+    def clip_for(self, iv: Interval) -> tuple[ClipFrames | None, str | None]:
+        """(the event's frames onset..offset, None), or (None, why not) when the ring lacks some.
+        Copies: the ring moves on. The tracked apex box rides along as the recognizer's fallback."""
         assert self.ring is not None
-        box = self.tracker.box_at(iv.apex) or (self.face.box if self.face else None)
-        if box is None or not (self.ring.has(iv.onset) and self.ring.has(iv.offset)):
-            return None
+        missing = [i for i in range(iv.onset, iv.offset + 1) if not self.ring.has(i)]
+        if missing:
+            if self.ring.last - iv.onset >= self.ring.capacity:
+                return None, "event frames no longer buffered (raise buffer_s)"
+            return None, (f"frames missing in the analysis window ({len(missing)} of frames "
+                          f"{iv.onset}-{iv.offset} dropped by the camera or source)")
         frames, times = self.ring.copy_range(iv.onset, iv.offset)
-        return ClipFrames(frames, times, iv.apex - iv.onset, box)
+        box = self.tracker.box_at(iv.apex) or (self.face.box if self.face else None)
+        return ClipFrames(frames, times, iv.apex - iv.onset, box), None
 
     def _on_recognized(self, event: object, result: Recognition) -> None:
         assert isinstance(event, SpotEvent)
         event.label, event.probabilities = result.label, result.probabilities
         event.recognition_latency_ms, event.recognition_error = result.latency_ms, result.error
+        event.recognition_note = result.note
         if result.label is not None:
             self.stats.recognized += 1
         self._done.put(event)

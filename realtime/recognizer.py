@@ -1,11 +1,14 @@
 """Asynchronous recognition of spotted micro-expressions with an exported ONNX model.
 
 The network input is built by THE preprocessing used for training: slstt.preprocess.pipeline.
-clip_to_flow_images on the event's buffered frames (onset..offset, as a training clip) with the
-tracked crop box, then flow_images_to_input. Temporal resampling follows the model's metadata:
-preprocess.fps when set, else the training data's frame rate (meta data_fps), so a 30 fps webcam
-and 200 fps training clips give frames at the same temporal spacing. Classification runs in one
-worker thread; the capture loop only copies the frames out of its ring buffer and moves on."""
+clip_to_flow_images on the event's buffered frames (onset..offset, as a training clip), with the
+crop box found as in training: landmarks once on the apex frame by an IMAGE-mode FaceLandmarker
+(the worker's own, made once in its thread), never the smoothed live tracker's box; only when no
+face is found there does the tracked box stand in (and the event says so). Temporal resampling
+follows the model's metadata: preprocess.fps when set, else the training data's frame rate (meta
+data_fps), so a 30 fps webcam and 200 fps training clips give frames at the same temporal spacing.
+Classification runs in one worker thread; the capture loop only copies the frames out of its ring
+buffer and moves on."""
 
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from slstt.config import PreprocessConfig
-from slstt.errors import SlsttError
-from slstt.preprocess.face import CropBox
+from slstt.errors import NoFaceError, SlsttError
+from slstt.preprocess.face import CropBox, FaceLandmarker
 from slstt.preprocess.flow import flow_images_to_input
 from slstt.preprocess.pipeline import clip_to_flow_images
 
@@ -49,7 +52,7 @@ class ClipFrames:
     frames: np.ndarray  # (N, H, W, 3) BGR uint8
     times: np.ndarray  # (N,) seconds
     apex: int  # 0-based within frames
-    box: CropBox  # tracked crop box (training recipe) at the apex frame
+    tracked_box: CropBox | None = None  # live tracker's box at the apex: fallback only
 
     @property
     def fps(self) -> float:
@@ -58,12 +61,37 @@ class ClipFrames:
         return (len(self.times) - 1) / span if span > 0 else 30.0
 
 
-def build_input(clip: ClipFrames, cfg: PreprocessConfig, fps: float | None = None) -> np.ndarray:
-    """(T, 3, S, S) float32 network input for the clip, exactly as training builds it."""
+TRACKED_BOX_NOTE = "no face found on the apex frame: cropped with the tracked box instead"
+
+
+@dataclass
+class LiveInput:
+    x: np.ndarray  # (T, 3, S, S) float32 network input
+    box: CropBox  # crop used for every frame
+    note: str | None = None  # set when the box did not come from the apex frame
+
+
+def build_input(clip: ClipFrames, cfg: PreprocessConfig, landmarker: FaceLandmarker | None = None,
+                fps: float | None = None) -> LiveInput:
+    """The network input for the clip, exactly as training builds it: clip_to_flow_images with
+    box=None (landmarks on the apex frame by an IMAGE-mode `landmarker`) + flow_images_to_input.
+    No face there (or no landmarker) -> the tracked box, noted; neither -> NoFaceError."""
     n = len(clip.frames)
-    flow = clip_to_flow_images(lambda i: clip.frames[i], n, 0, clip.apex, n - 1, cfg, None,
-                               fps or clip.fps, box=clip.box, where="live event")
-    return flow_images_to_input(flow.images, cfg)
+
+    def flow(box: CropBox | None):  # noqa: ANN202 - FlowClip
+        return clip_to_flow_images(lambda i: clip.frames[i], n, 0, clip.apex, n - 1, cfg, landmarker,
+                                   fps or clip.fps, box=box, where="the live event")
+
+    note = None
+    try:
+        if landmarker is None:
+            raise NoFaceError("no face landmarker for the live event")
+        images = flow(None)
+    except NoFaceError:
+        if clip.tracked_box is None:
+            raise
+        images, note = flow(clip.tracked_box), TRACKED_BOX_NOTE
+    return LiveInput(flow_images_to_input(images.images, cfg), images.box, note)
 
 
 @dataclass
@@ -72,31 +100,51 @@ class Recognition:
     probabilities: dict[str, float] | None
     latency_ms: float
     error: str | None = None
+    note: str | None = None  # e.g. the crop box came from the tracker, not the apex frame
 
 
 class Recognizer:
     """submit(key, clip, on_done) queues a clip; on_done(key, Recognition) runs in the worker."""
 
-    def __init__(self, model_path: str | Path, provider: str = "auto", max_pending: int = 8) -> None:
-        from slstt.export.runtime import OnnxClassifier
+    def __init__(self, model_path: str | Path, provider: str = "auto", max_pending: int = 8,
+                 face_model: str | Path | None = None) -> None:
+        from slstt.export.runtime import OnnxClassifier, provider_status
 
+        if provider not in ("auto", "cpu"):  # say it with the live commands' option name
+            usable, reason = provider_status(provider)
+            if not usable:
+                raise SlsttError(f"--device {provider} is not usable here ({reason}); use --device auto or cpu")
         self.classifier = OnnxClassifier(model_path, provider)
         self.labels = list(self.classifier.labels)
         self.preprocess = serving_preprocess(self.classifier.preprocess, self.classifier.metadata, str(model_path))
         self.providers = self.classifier.providers
+        self.face_model = face_model
+        self._landmarker: FaceLandmarker | None = None  # IMAGE mode, as training; owned by the worker
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._work, name="slstt-recognizer", daemon=True)
         self._pending = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._ready = threading.Event()
+        self._start_error: Exception | None = None
         self.skipped = 0  # clips dropped because the worker was max_pending behind
         self.latencies_ms: list[float] = []
         self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:  # e.g. a bad --face-model: one line, before any frame
+            raise self._start_error
 
-    def classify(self, clip: ClipFrames) -> tuple[str, dict[str, float]]:
-        x = build_input(clip, self.preprocess)
-        probs = self.classifier.predict(x[None])[0]
-        return self.labels[int(np.argmax(probs))], {k: float(p) for k, p in zip(self.labels, probs, strict=True)}
+    def prepare(self, clip: ClipFrames) -> LiveInput:
+        """Network input for the clip (worker thread: it owns the landmarker)."""
+        return build_input(clip, self.preprocess, self._landmarker)
+
+    def classify(self, clip: ClipFrames) -> Recognition:
+        t0 = time.perf_counter()
+        live = self.prepare(clip)
+        probs = self.classifier.predict(live.x[None])[0]
+        label = self.labels[int(np.argmax(probs))]
+        return Recognition(label, {k: float(p) for k, p in zip(self.labels, probs, strict=True)},
+                           (time.perf_counter() - t0) * 1000.0, note=live.note)
 
     def submit(self, key: object, clip: ClipFrames, on_done: Callable[[object, Recognition], None]) -> bool:
         with self._lock:
@@ -108,28 +156,37 @@ class Recognizer:
         return True
 
     def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            key, clip, on_done, t0 = item
-            try:
-                label, probs = self.classify(clip)
-                result = Recognition(label, probs, (time.perf_counter() - t0) * 1000.0)
-            except Exception as exc:  # noqa: BLE001 - one bad clip must not stop the live loop
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                result = Recognition(None, None, (time.perf_counter() - t0) * 1000.0, msg)
-            self.latencies_ms.append(result.latency_ms)
-            try:
-                on_done(key, result)
-            finally:
-                with self._lock:
-                    self._pending -= 1
-                    self._idle.notify_all()
+        try:  # made in this thread and used only here: MediaPipe tasks are not shared across threads
+            self._landmarker = FaceLandmarker(self.face_model)
+        except Exception as exc:  # noqa: BLE001 - re-raised by __init__ in the caller's thread
+            self._start_error = exc
+            return
+        finally:
+            self._ready.set()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                self._handle(*item)
+        finally:
+            self._landmarker.close()
 
-    @property
-    def pending(self) -> int:
-        return self._pending
+    def _handle(self, key: object, clip: ClipFrames, on_done: Callable[[object, Recognition], None],
+                t0: float) -> None:
+        try:
+            result = self.classify(clip)
+        except Exception as exc:  # noqa: BLE001 - one bad clip must not stop the live loop
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            result = Recognition(None, None, 0.0, msg)
+        result.latency_ms = (time.perf_counter() - t0) * 1000.0  # event closed -> label known
+        self.latencies_ms.append(result.latency_ms)
+        try:
+            on_done(key, result)
+        finally:
+            with self._lock:
+                self._pending -= 1
+                self._idle.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every submitted clip is classified (True) or the timeout passes."""

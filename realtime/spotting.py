@@ -169,8 +169,10 @@ class Spotter:
             return
         self._mask_key = key
         s = self.cfg.flow_size
-        scale = s / box.side
-        x0, y0 = round(box.cx - box.side / 2), round(box.cy - box.side / 2)
+        side = int(box.side)
+        scale = s / side
+        # the crop's top-left corner exactly as slstt.preprocess.face.apply_crop rounds it (keep in step)
+        x0, y0 = int(round(box.cx - side / 2)), int(round(box.cy - side / 2))
         pts = (landmarks - np.array([x0, y0], dtype=np.float32)) * scale
         pad = 0.04 * s
 

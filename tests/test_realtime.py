@@ -56,22 +56,23 @@ def analyzed(synth_long_video, tiny_model, tmp_path_factory):
     inputs are captured to check them against the training preprocessing."""
     from slstt.realtime.analyze import analyze_video
     from slstt.realtime.pipeline import LivePipeline
-    from slstt.realtime.recognizer import Recognizer, build_input
+    from slstt.realtime.recognizer import Recognizer
 
     video, gt = synth_long_video
     captured = []
-    original = Recognizer.classify
+    original = Recognizer.prepare
 
     def spy(self, clip):
-        captured.append((clip, build_input(clip, self.preprocess)))
-        return original(self, clip)
+        live = original(self, clip)
+        captured.append((clip, live))
+        return live
 
     out = tmp_path_factory.mktemp("analyze")
-    Recognizer.classify = spy
+    Recognizer.prepare = spy
     try:
         result = analyze_video(video, out, model=tiny_model, ground_truth=gt)
     finally:
-        Recognizer.classify = original
+        Recognizer.prepare = original
     assert LivePipeline  # imported for the side effect of loading the package once
     return result, captured, out
 
@@ -115,9 +116,11 @@ def test_events_files_and_labels(analyzed, tiny_model):
 
 
 def test_recognizer_input_equals_training_preprocessing(analyzed, synth_long_video, tiny_model):
-    """No train/serve skew: the live input for an event == clip_to_flow_images + flow_images_to_input
-    on the same frames decoded independently from the file, with the training frame-rate handling."""
+    """No train/serve skew: the live input for an event == what training builds from the same frames
+    (decoded independently from the file): clip_to_flow_images with box=None, i.e. landmarks found
+    once on the apex frame by an IMAGE-mode landmarker, + flow_images_to_input, at the training rate."""
     from slstt.export.runtime import OnnxClassifier
+    from slstt.preprocess.face import FaceLandmarker
     from slstt.preprocess.flow import flow_images_to_input
     from slstt.preprocess.pipeline import clip_to_flow_images
 
@@ -133,17 +136,64 @@ def test_recognizer_input_equals_training_preprocessing(analyzed, synth_long_vid
         frames.append(frame)
     cfg = OnnxClassifier(tiny_model).preprocess  # fps 30 set at training: resampling is explicit
     checked = 0
-    for clip, x in captured:
-        event = next(e for e in micro if e.offset_frame - e.onset_frame + 1 == len(clip.frames)
-                     and np.array_equal(frames[e.onset_frame], clip.frames[0]))
-        n = event.offset_frame - event.onset_frame + 1
-        flow = clip_to_flow_images(lambda i, e=event: frames[e.onset_frame + i], n, 0,
-                                   event.apex_frame - event.onset_frame, n - 1, cfg, None, 30.0, box=clip.box)
-        expected = flow_images_to_input(flow.images, cfg)
-        assert x.shape == (cfg.num_frames, 3, cfg.input_size, cfg.input_size)
-        np.testing.assert_array_equal(x, expected)
-        checked += 1
+    with FaceLandmarker() as landmarker:  # IMAGE mode, as prepare uses it
+        for clip, live in captured:
+            event = next(e for e in micro if e.offset_frame - e.onset_frame + 1 == len(clip.frames)
+                         and np.array_equal(frames[e.onset_frame], clip.frames[0]))
+            n = event.offset_frame - event.onset_frame + 1
+            flow = clip_to_flow_images(lambda i, e=event: frames[e.onset_frame + i], n, 0,
+                                       event.apex_frame - event.onset_frame, n - 1, cfg, landmarker, 30.0, box=None)
+            expected = flow_images_to_input(flow.images, cfg)
+            assert live.note is None and event.recognition_note is None  # box from the apex frame
+            assert live.box == flow.box and live.box != clip.tracked_box  # not the smoothed tracker box
+            assert live.x.shape == (cfg.num_frames, 3, cfg.input_size, cfg.input_size)
+            np.testing.assert_array_equal(live.x, expected)
+            checked += 1
     assert checked == len(captured)
+
+
+def test_no_face_on_apex_falls_back_to_tracked_box_and_says_so(no_face_video, tiny_model):
+    """Training would skip such a clip (NoFaceError); live uses the tracked box and notes it in the event."""
+    from slstt.errors import NoFaceError
+    from slstt.export.runtime import OnnxClassifier
+    from slstt.preprocess.face import CropBox, FaceLandmarker
+    from slstt.realtime.recognizer import TRACKED_BOX_NOTE, ClipFrames, build_input
+
+    cap = cv2.VideoCapture(str(no_face_video))
+    frames = np.stack([cap.read()[1] for _ in range(10)])
+    cfg = OnnxClassifier(tiny_model).preprocess
+    tracked = CropBox(320.0, 240.0, 200)
+    with FaceLandmarker() as landmarker:
+        live = build_input(ClipFrames(frames, np.arange(10) / 30.0, 5, tracked), cfg, landmarker)
+        assert live.note == TRACKED_BOX_NOTE and live.box == tracked
+        assert live.x.shape == (cfg.num_frames, 3, cfg.input_size, cfg.input_size)
+        with pytest.raises(NoFaceError):  # no tracked box either: the event gets this as its error
+            build_input(ClipFrames(frames, np.arange(10) / 30.0, 5, None), cfg, landmarker)
+
+
+def test_dropped_frame_in_event_window_is_an_event_error_not_a_crash(tiny_model):
+    """A camera that dropped a frame inside an event's window: the event is reported with an error."""
+    from slstt.realtime.capture import Frame
+    from slstt.realtime.pipeline import LiveConfig, LivePipeline
+    from slstt.realtime.spotting import Interval
+
+    pipe = LivePipeline(LiveConfig(), model=tiny_model)
+    try:
+        pipe.start(30.0)
+        image = np.zeros((120, 160, 3), np.uint8)
+        for i in [*range(0, 10), *range(11, 20)]:  # frame 10 never arrived
+            pipe.ring.push(Frame(i, i / 30.0, image))
+        iv = Interval(4, 8, 14, 4 / 30, 8 / 30, 14 / 30, "micro", 1.0, 0.1, {}, 19, 19 / 30)
+        clip, why_not = pipe.clip_for(iv)
+        assert clip is None and why_not.startswith("frames missing in the analysis window")
+        pipe._on_interval(iv)
+        (event,) = pipe.finish()
+        assert event.label is None and event.recognition_error.startswith("frames missing in the analysis window")
+        whole = Interval(11, 13, 18, 11 / 30, 13 / 30, 18 / 30, "micro", 1.0, 0.1, {}, 19, 19 / 30)
+        clip, why_not = pipe.clip_for(whole)  # a window without the gap is copied out
+        assert why_not is None and len(clip.frames) == 8 and clip.apex == 2
+    finally:
+        pipe.close()
 
 
 def test_score_spotting_matches_one_to_one():
@@ -244,3 +294,56 @@ def test_serving_preprocess_resamples_to_the_training_rate():
     assert serving_preprocess(PreprocessConfig(), {"frame_rate": {"data_fps": 200.0}}).fps == 200.0
     with pytest.raises(SlsttError, match="several frame rates"):
         serving_preprocess(PreprocessConfig(), {"frame_rate": {"data_fps": [100.0, 200.0]}})
+
+
+def cli_error(capsys: pytest.CaptureFixture, *args: str) -> str:
+    """Run `slstt ARGS` in this process; it must exit 2 with one `error:` line, which is returned."""
+    from slstt.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = error_lines(err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("option", ["--events", "--record"])
+def test_live_bad_output_paths_are_one_line(no_face_video, tmp_path, capsys, option):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    folder = tmp_path / "somedir"
+    folder.mkdir()
+    live = ["live", "--video", str(no_face_video), "--no-display", "--fast"]
+    assert "is a folder" in cli_error(capsys, *live, option, str(folder))
+    name = "ev.jsonl" if option == "--events" else "rec.mp4"
+    line = cli_error(capsys, *live, option, str(afile / "sub" / name))  # under a file: cannot be created
+    assert f"{afile} is a file, not a folder" in line
+
+
+def test_analyze_out_is_a_file_or_bad_video_one_line_and_no_folder(no_face_video, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert "--out" in cli_error(capsys, "analyze", str(no_face_video), "--out", str(afile))
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    out = tmp_path / "new" / "out"
+    assert "cannot read video" in cli_error(capsys, "analyze", str(bad), "--out", str(out))
+    assert not (tmp_path / "new").exists()  # the video is checked before any folder is made
+
+
+def test_device_tensorrt_is_accepted_and_checked(tiny_model, no_face_video, tmp_path, capsys):
+    from slstt.cli import main
+    from slstt.export.runtime import provider_status
+
+    args = ["analyze", str(no_face_video), "--model", str(tiny_model), "--device", "tensorrt",
+            "--out", str(tmp_path / "out")]
+    if provider_status("tensorrt")[0]:  # a machine with TensorRT: it really runs
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code in (0, None)
+    else:
+        line = cli_error(capsys, *args)
+        assert "--device tensorrt is not usable here" in line and "--device auto or cpu" in line
+    assert "choose auto, tensorrt, cuda, cpu" in cli_error(capsys, *args[:-4], "--device", "npu")

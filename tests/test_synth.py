@@ -310,3 +310,50 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "out" / "CASME2_RAW_selected").exists()
+
+
+def test_cli_out_dir_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from slstt.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for target in (afile, afile / "sub"):  # the folder itself, or one that cannot be created
+        with pytest.raises(SystemExit) as exit_info:
+            main(["synth", str(target), "--subjects", "2", "--classes", "happiness,others", "--videos", "0"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and str(afile) in err and "\n" not in err
+
+
+def test_interrupted_synth_is_replaced_by_a_rerun(tmp_path: Path) -> None:
+    """A run killed mid-corpus leaves its marker; the next run recognises the folder and replaces it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", "from slstt.cli import main; main()", "synth", str(out),
+                             "--videos", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(out.glob("CASME2_RAW_selected/sub01/EP*")):
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "synth finished before it could be interrupted"
+    assert json.loads((out / "synth.json").read_text()) == {"kind": synth.SYNTH_KIND, "complete": False}
+    assert not (out / "CASME2-coding-synth.csv").exists()
+    annotation = synth.make_corpus(out, subjects=2, clips_per_class=1, classes=("happiness", "others"), size=128)
+    assert len(read_csv(annotation)) == 4 and json.loads((out / "synth.json").read_text())["complete"] is True
+    clips = sorted(str(p.relative_to(out / "CASME2_RAW_selected")) for p in out.glob("CASME2_RAW_selected/*/*"))
+    assert len(clips) == 4 and all(c.split("/")[0] in ("sub01", "sub02") and "tmp" not in c for c in clips)
+
+
+def test_foreign_corpus_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "CASME2_RAW_selected" / "sub01").mkdir(parents=True)
+    (tmp_path / "synth.json").write_text('{"kind": "someone else"}')
+    with pytest.raises(SlsttError, match="not written by `slstt synth`"):
+        synth.make_corpus(tmp_path, subjects=2, clips_per_class=1, classes=("happiness", "others"), size=128)
+    assert (tmp_path / "CASME2_RAW_selected" / "sub01").is_dir()  # left alone

@@ -407,6 +407,17 @@ def plan_corpus(subjects: int = 6, clips_per_class: int = 3, classes: tuple[str,
     return plans
 
 
+SYNTH_KIND = "slstt.synth.corpus"
+
+
+def _written_by_synth(out_dir: Path) -> bool:
+    """out_dir/synth.json is our marker (written before any frame, completed at the end)."""
+    try:
+        return json.loads((out_dir / "synth.json").read_text(encoding="utf-8")).get("kind") == SYNTH_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def make_corpus(out_dir: str | os.PathLike, subjects: int = 6, clips_per_class: int = 3,
                 classes: tuple[str, ...] | list[str] = DEFAULT_CLASSES, seed: int = 0, fps: float = 200,
                 size: int = 192, progress: bool = False) -> Path:
@@ -430,11 +441,17 @@ def make_corpus(out_dir: str | os.PathLike, subjects: int = 6, clips_per_class: 
         raise SlsttError(f"--size must be within 96..1024 pixels, got {size}")
     out_dir = Path(out_dir)
     root = out_dir / "CASME2_RAW_selected"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SlsttError(f"OUT_DIR {out_dir} is a file; pass a folder (it is created when missing)")
     if root.exists():
-        if not (out_dir / "synth.json").exists():
+        if not _written_by_synth(out_dir):
             raise SlsttError(f"{root} exists and was not written by `slstt synth`; choose an empty OUT_DIR")
-        shutil.rmtree(root)  # our own previous output: replace it whole
+        shutil.rmtree(root)  # our own previous (possibly interrupted) output: replace it whole
     plans = plan_corpus(subjects, clips_per_class, classes, seed, fps)
+    try:  # the marker goes first, so an interrupted run is still recognised as ours and replaced
+        atomic_write_json(out_dir / "synth.json", {"kind": SYNTH_KIND, "complete": False})
+    except OSError as exc:
+        raise SlsttError(f"cannot write into {out_dir}: {exc.strerror or exc}; pass a writable folder") from None
     looks = {}
     with _progress(progress, "synth corpus", len(plans)) as advance:
         for plan in plans:
@@ -457,7 +474,7 @@ def make_corpus(out_dir: str | os.PathLike, subjects: int = 6, clips_per_class: 
         manifest.append(f"synth,sub{p.subject:02d},{p.clip},CASME2_RAW_selected/sub{p.subject:02d}/{p.clip},"
                         f"{on},{ap},{off},{p.label},{fps:g}")
     atomic_write_json(out_dir / "synth.json", {
-        "kind": "slstt.synth.corpus", "seed": seed, "subjects": subjects, "clips_per_class": clips_per_class,
+        "kind": SYNTH_KIND, "complete": True, "seed": seed, "subjects": subjects, "clips_per_class": clips_per_class,
         "classes": list(classes), "fps": fps, "size": size, "jpeg_quality": JPEG_QUALITY,
         "looks": {f"sub{s:02d}": asdict(v[0]) for s, v in looks.items()}, "clips": [asdict(p) for p in plans],
     })
