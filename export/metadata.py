@@ -8,58 +8,19 @@ model it cannot honour with one line naming the field and the supported values.
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 from slstt.config import CROP_RECIPES, FLOW_BACKENDS, FLOW_ENCODINGS, ModelConfig, PreprocessConfig
 from slstt.errors import SlsttError
+from slstt.provenance import git_revision, package_versions
 
 METADATA_KEY = "slstt"
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 DTYPES = ("fp32", "fp16", "int8")
 PARTS = ("full", "encoder", "head")
-
-_DISTRIBUTIONS = {  # name in the metadata -> pip distribution (onnxruntime ships as -gpu here)
-    "slstt": ("slstt",),
-    "torch": ("torch",),
-    "timm": ("timm",),
-    "onnx": ("onnx",),
-    "onnxruntime": ("onnxruntime-gpu", "onnxruntime"),
-}
-
-
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name, dists in _DISTRIBUTIONS.items():
-        versions[name] = None
-        for dist in dists:
-            try:
-                versions[name] = importlib_metadata.version(dist)
-                break
-            except importlib_metadata.PackageNotFoundError:
-                continue
-    return versions
-
-
-def git_revision() -> str | None:
-    """Revision of the slstt source tree doing the export ('+dirty' when modified), None outside git."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return rev + ("+dirty" if dirty else "") if rev else None
-
 
 def build_metadata(
     model_config: ModelConfig,
@@ -91,7 +52,7 @@ def build_metadata(
         "encoding": pre.encoding,
         "uvm_scale": pre.uvm_scale,
         "crop": pre.crop,
-        "frame_rate": {"preprocess_fps": pre.fps, "data_fps": meta.get("data_fps")},
+        "frame_rate": _frame_rate(pre, meta),
         "training": {
             "protocol": meta.get("protocol"),
             "fold": meta.get("fold"),
@@ -110,6 +71,14 @@ def build_metadata(
         "parity": parity or {},
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _frame_rate(pre: PreprocessConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    """Rate the network's frames were spaced at; a note says why it is unknown (e.g. mixed-rate data)."""
+    rate: dict[str, Any] = {"preprocess_fps": pre.fps, "data_fps": meta.get("data_fps")}
+    if meta.get("data_fps_note"):
+        rate["note"] = meta["data_fps_note"]
+    return rate
 
 
 def set_metadata(model_proto: Any, metadata: dict[str, Any]) -> None:

@@ -26,6 +26,12 @@ VIT_SIZES = {192: ("tiny", 3, 12), 384: ("small", 6, 12), 768: ("base", 12, 12),
 # file-name token -> (data set, class scheme); "com" (MEGC 2019 composite) is checked first
 FILE_DATASETS = (("com", "composite", "megc-3"), ("casme2", "casme2", "casme2-5"),
                  ("samm", "samm", "samm-5"), ("smic", "smic", "smic-3"))
+# Frame rate of the clips each data set's checkpoints were trained on (spec section 4): the live
+# runtime resamples webcam frames to it, so the 11 frames span the same time as in training.
+DATASET_FPS = {"casme2": 200.0, "samm": 200.0, "smic": 100.0}
+COMPOSITE_FPS_NOTE = ("data_fps unknown: the composite (MEGC 2019) set mixes SMIC clips at 100 fps with CASME II "
+                      "and SAMM clips at 200 fps, so the frame spacing the model learned is not one rate; choose one "
+                      "(e.g. export with a preprocess fps, or serve with --fps 200) before live use")
 EXPECTED = "a dict with state_dict holding vit.patch_embedding.weight, vit.transformer.blocks.N.* (the authors' model_best_*.pth.tar)"
 
 
@@ -144,7 +150,12 @@ def load_authors_checkpoint(source: str | Path | dict, name: str | None = None,
         "fold": fold,
         "optimistic": True,  # the authors kept the best epoch on the test subject (spec section 3)
         "selection": "best epoch on the left-out subject (authors' code)",
-        "data_fps": None,
+        "data_fps": DATASET_FPS.get(dataset),
     }
+    if dataset == "composite":
+        meta["data_fps_note"] = COMPOSITE_FPS_NOTE
+        meta["assumptions"].append(COMPOSITE_FPS_NOTE)
+    elif dataset in DATASET_FPS:
+        meta["assumptions"].append(f"data_fps {DATASET_FPS[dataset]:g} assumed from the file name ({dataset})")
     preprocess = PreprocessConfig(input_size=cfg.input_size, num_frames=cfg.num_frames)
     return LoadedCheckpoint(model.to(map_location).eval(), cfg, preprocess, meta, "authors")

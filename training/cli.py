@@ -23,6 +23,8 @@ from slstt.data.cli import (
     INPUT_SIZE_OPTION,
     SCHEME_OPTION,
     build_preprocess_config,
+    check_input_file,
+    check_output_dir,
 )
 
 
@@ -73,7 +75,15 @@ def train_command(
     from slstt.config import ModelConfig
     from slstt.training.config import TrainConfig
     from slstt.training.executors import get_executor
+    from slstt.training.loso import resolve_device
 
+    # Everything checkable without the data fails here, in one line, before the slow prepare step.
+    resolve_device(device)
+    check_output_dir(out, "--out")
+    check_output_dir(cache_dir, "--cache-dir")
+    check_backbone(backbone)
+    check_input_file(weights, "--weights", "backbone weights file (timm .pth/.safetensors or B_16_imagenet1k.pth)")
+    check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
     prep = build_preprocess_config(crop, flow, encoding, frames, input_size, fps, apex_policy)
     model = ModelConfig(backbone=backbone, input_size=input_size, num_frames=frames, aggregator=aggregator,
                         lstm_hidden=lstm_hidden, lstm_layers=lstm_layers, finetune_blocks=finetune_blocks)
@@ -95,6 +105,22 @@ def train_command(
         run_training(cfg, overwrite=overwrite, executor=ex)
     finally:
         getattr(ex, "close", lambda: None)()  # stops a local Ray instance the executor started
+
+
+def check_backbone(name: str) -> None:
+    """SlsttError (one line, with close names) unless timm knows `name` as a ViT."""
+    import difflib
+
+    import timm
+
+    from slstt.errors import SlsttError
+
+    base = name.split(".")[0]
+    if timm.is_model(base) and base.startswith(("vit_", "deit_")):
+        return
+    close = difflib.get_close_matches(base, timm.list_models(["vit_*", "deit_*"]), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "e.g. vit_base_patch16_384 or vit_tiny_patch16_224"
+    raise SlsttError(f"--backbone {name!r} is not a timm ViT; {hint}")
 
 
 def run_training(cfg, overwrite: bool = False, executor=None) -> dict:
@@ -136,7 +162,8 @@ def run_training(cfg, overwrite: bool = False, executor=None) -> dict:
             bar.update(epoch_task, completed=0)
 
         results = train_run(cfg, samples, overwrite=overwrite, executor=executor, progress=on_progress,
-                            on_feature=on_feature, on_fold=on_fold)
+                            on_feature=on_feature, on_fold=on_fold,
+                            on_warning=lambda msg: console.print(f"[yellow]warning: {msg}[/]"))
     print_summary(results, cfg)
     return results
 

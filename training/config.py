@@ -14,8 +14,8 @@ SELECTIONS = ("last", "val", "test")
 DATASETS = ("casme2", "samm", "smic", "megc2019", "manifest")
 
 # Fields that only say where things live or how fast they run: changing them must not
-# invalidate finished folds of a run.
-NOT_HASHED = ("cache_dir", "out_dir", "workers", "folds", "face_model")
+# invalidate finished folds of a run. The face model is hashed by its bytes (face_model_sha), not its path.
+NOT_HASHED = ("cache_dir", "out_dir", "workers", "folds", "face_model", "face_model_sha")
 
 
 @dataclass
@@ -26,6 +26,9 @@ class TrainConfig(ConfigBase):
     scheme: str | None = None  # None -> the data set's default scheme
     cache_dir: str = "slstt_cache"
     face_model: str | None = None
+    # sha-256 of a non-packaged face model, filled from face_model on the driver (workers that lack
+    # the file read it from here); None = the packaged model
+    face_model_sha: str | None = None
     preprocess: dict[str, Any] = field(default_factory=lambda: PreprocessConfig().to_dict())
     model: dict[str, Any] = field(default_factory=lambda: ModelConfig().to_dict())
     pretrained: bool = True
@@ -72,6 +75,10 @@ class TrainConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         self.folds = list(self.folds)
+        if self.face_model and self.face_model_sha is None:
+            from slstt.data.prepare import face_model_sha
+
+            self.face_model_sha = face_model_sha(self.face_model)
         self.validate()
 
     def preprocess_config(self) -> PreprocessConfig:
@@ -88,4 +95,6 @@ class TrainConfig(ConfigBase):
     def run_hash(self) -> str:
         """Hash of everything that changes a fold's result (not paths, workers or fold subset)."""
         data = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
+        if self.face_model_sha:  # only when set: runs with the packaged model keep their hash
+            data["face_model_sha"] = self.face_model_sha
         return config_hash(data)

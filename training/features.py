@@ -3,9 +3,12 @@
 With a frozen backbone (the paper's setting) every fold and every epoch of the authors' code
 pushes the same frames through the same 86M frozen parameters; only the final LayerNorm, the
 temporal aggregator and the head learn. Here the per-frame class tokens are computed ONCE per
-(sample, preprocessing cache key, backbone identity) and stored as
-`cache_dir/features/<backbone_id>/<prep_key>/<dataset>/<subject>/<clip>.npy` (float32, T x D,
-written atomically). Backbone identity = timm name + input size + activation + sha-256 of the
+(sample, prepared-set key, backbone identity) and stored as
+`cache_dir/features/<backbone_id>/<prep_key>/<dataset>/<subject>/<clip>-<sig>.npy` (float32, T x D,
+written atomically). prep_key is the prepared flow images' key (preprocessing config + face model);
+sig hashes the sample's annotation signature (onset/apex/offset frames, fps), the same one that
+invalidates its prepared .npz, so a re-annotated clip never reuses stale tokens. A damaged file
+(truncated, empty, wrong shape) is recomputed. Backbone identity = timm name + input size + activation + sha-256 of the
 backbone weights that feed the trunk, so new weights or a new input size never reuse stale
 features. The cached token is taken BEFORE the final LayerNorm (`SLSTT.trunk`): that norm is
 trainable in the paper, so training applies the model's own norm and aggregator
@@ -52,29 +55,43 @@ def can_cache(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "backbone_frozen", False))
 
 
-def feature_root(cache_dir: str | Path, bb_id: str, prep: PreprocessConfig) -> Path:
-    return Path(cache_dir) / FEATURE_DIR / bb_id / prep.cache_key()
+def feature_root(cache_dir: str | Path, bb_id: str, prep: PreprocessConfig, face_sha: str | None = None) -> Path:
+    from slstt.data.prepare import cache_key
+
+    return Path(cache_dir) / FEATURE_DIR / bb_id / cache_key(prep, face_sha)
 
 
 def feature_path(root: Path, sample) -> Path:
-    return root / sample.dataset / sample.subject / f"{sample.clip}.npy"
+    from slstt.data.prepare import sample_signature
+
+    sig = hashlib.sha256(sample_signature(sample).encode()).hexdigest()[:8]
+    return root / sample.dataset / sample.subject / f"{sample.clip}-{sig}.npy"
 
 
-def load_input(cache_dir: str | Path, prep: PreprocessConfig, sample) -> torch.Tensor:
+def load_input(cache_dir: str | Path, prep: PreprocessConfig, sample, face_sha: str | None = None) -> torch.Tensor:
     """Prepared flow images of one sample as network input (T, 3, S, S) float32."""
     from slstt.data.prepare import load_prepared
     from slstt.preprocess.flow import flow_images_to_input
 
-    return torch.as_tensor(flow_images_to_input(load_prepared(cache_dir, prep, sample), prep))
+    return torch.as_tensor(flow_images_to_input(load_prepared(cache_dir, prep, sample, face_sha), prep))
+
+
+def _read_tokens(path: Path) -> np.ndarray | None:
+    """The cached (T, D) float32 tokens, or None when the file is missing or damaged."""
+    try:
+        tokens = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):  # missing, truncated, empty, not an .npy
+        return None
+    return tokens if tokens.ndim == 2 and tokens.dtype == np.float32 else None
 
 
 @torch.no_grad()
 def compute_features(model: torch.nn.Module, samples: Sequence, cache_dir: str | Path,
                      prep: PreprocessConfig, device: torch.device | str = "cpu", batch_size: int = 4,
-                     on_sample: Callable[[int], None] | None = None) -> Path:
-    """Write the pre-norm class tokens of every sample that has none yet; returns the root dir."""
-    root = feature_root(cache_dir, backbone_id(model), prep)
-    missing = [s for s in samples if not feature_path(root, s).is_file()]
+                     on_sample: Callable[[int], None] | None = None, face_sha: str | None = None) -> Path:
+    """Write the pre-norm class tokens of every sample that has no readable ones yet; returns the root dir."""
+    root = feature_root(cache_dir, backbone_id(model), prep, face_sha)
+    missing = [s for s in samples if _read_tokens(feature_path(root, s)) is None]
     if on_sample is not None and len(samples) > len(missing):
         on_sample(len(samples) - len(missing))
     was_training = model.training
@@ -82,7 +99,7 @@ def compute_features(model: torch.nn.Module, samples: Sequence, cache_dir: str |
     try:
         for start in range(0, len(missing), batch_size):
             batch = missing[start : start + batch_size]
-            frames = torch.stack([load_input(cache_dir, prep, s) for s in batch]).to(device)
+            frames = torch.stack([load_input(cache_dir, prep, s, face_sha) for s in batch]).to(device)
             tokens = model.trunk(frames).float().cpu().numpy()
             for sample, token in zip(batch, tokens, strict=True):
                 atomic_write(feature_path(root, sample), lambda p, t=token: _save_npy(p, t))
@@ -99,5 +116,15 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def load_features(root: str | Path, samples: Sequence) -> torch.Tensor:
-    """(N, T, D) float32 tokens of `samples`, in order."""
-    return torch.from_numpy(np.stack([np.load(feature_path(Path(root), s)) for s in samples]))
+    """(N, T, D) float32 tokens of `samples`, in order; SlsttError (one line) for a missing or damaged file."""
+    from slstt.errors import SlsttError
+
+    arrays = []
+    for sample in samples:
+        path = feature_path(Path(root), sample)
+        tokens = _read_tokens(path)
+        if tokens is None:
+            raise SlsttError(f"cached features of {sample.key} are missing or damaged ({path}); "
+                             f"re-run the same `slstt train` command to recompute them")
+        arrays.append(tokens)
+    return torch.from_numpy(np.stack(arrays))

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 
 from slstt.errors import SlsttError
 from slstt.io import atomic_write_json, atomic_write_text
+from slstt.provenance import git_revision, package_versions
 from slstt.training.config import TrainConfig
 from slstt.training.executors import Executor, FoldJob, LocalExecutor, ProgressFn
 from slstt.training.metrics import classification_scores
@@ -41,11 +41,21 @@ RESULT_FILES = ("results.json", "results.csv", "per_subject.csv", "per_dataset.c
 
 # ---- small helpers --------------------------------------------------------------------------
 def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a torch.device that exists here; SlsttError (one line) otherwise."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SlsttError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    return torch.device(name)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    valid = ["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(count)] if count else [])
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise SlsttError(f"--device {name!r} is not a device; valid here: {', '.join(valid)}")
+    if device.type == "cuda" and (count == 0 or (device.index or 0) >= count):
+        where = "CUDA is not available here" if count == 0 else f"this machine has {count} CUDA device(s)"
+        raise SlsttError(f"--device {name}: {where}; valid here: {', '.join(valid)}")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -87,23 +97,15 @@ def choose_val_subjects(train_subjects: Sequence[str], count: int, seed: int, fo
     return sorted(rng.choice(pool, size=count, replace=False).tolist())
 
 
-def versions() -> dict[str, str]:
-    import timm
+def samples_hash(samples: Sequence) -> str:
+    """Identity of a sample set: sorted keys with their annotation signatures. A fold trained on another
+    set (samples added, dropped or re-annotated) is not a finished fold of this run."""
+    import hashlib
 
-    import slstt
+    from slstt.data.prepare import sample_signature
 
-    # str(): torch.__version__ is a TorchVersion, which weights_only checkpoint loading refuses
-    return {"slstt": str(slstt.__version__), "torch": str(torch.__version__), "timm": str(timm.__version__),
-            "numpy": str(np.__version__)}
-
-
-def git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    lines = sorted(f"{s.key}={sample_signature(s)}" for s in samples)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def samples_to_json(samples: Sequence) -> list[dict[str, Any]]:
@@ -149,7 +151,8 @@ class FoldInputs:
             return model.aggregate_trunk(tokens)
         from slstt.training.features import load_input
 
-        frames = torch.stack([load_input(self.cfg.cache_dir, self.prep, self.samples[i]) for i in idx])
+        frames = torch.stack([load_input(self.cfg.cache_dir, self.prep, self.samples[i], self.cfg.face_model_sha)
+                              for i in idx])
         return model(frames.to(self.device))
 
 
@@ -259,9 +262,9 @@ def run_fold(job: FoldJob, progress: ProgressFn | None = None) -> dict[str, Any]
         "protocol": cfg.protocol, "fold": None if fold == ALL_FOLD else fold,
         "optimistic": cfg.optimistic, "selection": cfg.select, "epoch": best_epoch,
         "val_subjects": val_subjects, "metrics": metrics, "data_fps": data_fps(samples, prep.fps),
-        "versions": versions(), "git": git_revision(), "config_hash": cfg.run_hash(),
+        "versions": package_versions(), "git": git_revision(), "config_hash": cfg.run_hash(),
     }
-    done = {"fold": fold, "config_hash": cfg.run_hash(), "epoch": best_epoch, "selection": cfg.select,
+    done = {"fold": fold, "config_hash": cfg.run_hash(), "samples_hash": samples_hash(samples), "epoch": best_epoch, "selection": cfg.select,
             "optimistic": cfg.optimistic, "n_train": len(train_idx), "n_val": len(val_idx),
             "n_test": len(test_idx), "val_subjects": val_subjects, "metrics": metrics}
 
@@ -313,7 +316,7 @@ def plan_folds(cfg: TrainConfig, subjects: Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(cfg.folds))
 
 
-def open_run_dir(cfg: TrainConfig, overwrite: bool) -> Path:
+def open_run_dir(cfg: TrainConfig, overwrite: bool, sample_set: str | None = None) -> Path:
     """Create the run dir, or check that an existing one was made by the same config."""
     run_dir = Path(cfg.out_dir)
     marker = run_dir / "run.json"
@@ -327,7 +330,8 @@ def open_run_dir(cfg: TrainConfig, overwrite: bool) -> Path:
     elif run_dir.is_dir() and overwrite:
         clear_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, {"config_hash": cfg.run_hash(), "optimistic": cfg.optimistic})
+    atomic_write_json(marker, {"config_hash": cfg.run_hash(), "samples_hash": sample_set,
+                               "optimistic": cfg.optimistic})
     cfg.save(run_dir / "config.yaml")
     return run_dir
 
@@ -340,11 +344,33 @@ def clear_run_dir(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def fold_done(run_dir: Path, fold: str, run_hash: str) -> bool:
-    done = run_dir / fold_dir_name(fold) / "done.json"
-    if not done.is_file():
-        return False
-    return json.loads(done.read_text(encoding="utf-8")).get("config_hash") == run_hash
+def read_done(fold_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((fold_dir / "done.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def fold_state(run_dir: Path, fold: str, run_hash: str, sample_set: str) -> str:
+    """'done' | 'missing' (never finished, or another config) | 'stale' (finished on another sample set)."""
+    done = read_done(run_dir / fold_dir_name(fold))
+    if done is None or done.get("config_hash") != run_hash:
+        return "missing"
+    return "done" if done.get("samples_hash") == sample_set else "stale"
+
+
+def fold_done(run_dir: Path, fold: str, run_hash: str, sample_set: str) -> bool:
+    return fold_state(run_dir, fold, run_hash, sample_set) == "done"
+
+
+def finished_folds(run_dir: Path, run_hash: str, sample_set: str) -> list[str]:
+    """Every fold in run_dir finished with this config on this sample set (earlier --fold runs included)."""
+    folds = []
+    for fold_dir in sorted(run_dir.glob("fold_*")):
+        done = read_done(fold_dir) if fold_dir.is_dir() else None
+        if done and done.get("config_hash") == run_hash and done.get("samples_hash") == sample_set:
+            folds.append(str(done["fold"]))
+    return sorted(folds)
 
 
 def prepare_features(cfg: TrainConfig, samples: Sequence, device: torch.device,
@@ -360,23 +386,34 @@ def prepare_features(cfg: TrainConfig, samples: Sequence, device: torch.device,
     if not can_cache(model):
         return None
     return str(compute_features(model, samples, cfg.cache_dir, cfg.preprocess_config(), device,
-                                on_sample=on_sample))
+                                on_sample=on_sample, face_sha=cfg.face_model_sha))
 
 
 def train_run(cfg: TrainConfig, samples: Sequence, *, overwrite: bool = False,
               executor: Executor | None = None, progress: ProgressFn | None = None,
               on_feature: Callable[[int], None] | None = None,
-              on_fold: Callable[[str, str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) every fold, then write the report; returns results.json's content."""
+              on_fold: Callable[[str, str], None] | None = None,
+              on_warning: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) every fold, then write the report; returns results.json's content.
+
+    Resume: a fold finished with the same config AND the same sample set is skipped. A fold finished on
+    another sample set (samples added, dropped or re-annotated since) is recomputed, with a warning.
+    The report pools every fold of the run dir finished with this config and sample set, so a --fold
+    subset re-run inside a full run still reports the full run."""
     from slstt.training.report import write_report
 
-    run_dir = open_run_dir(cfg, overwrite)
+    sample_set = samples_hash(samples)
+    run_dir = open_run_dir(cfg, overwrite, sample_set)
     subjects = sorted({s.subject for s in samples})
     folds = plan_folds(cfg, subjects)
     samples_path = run_dir / "samples.json"
     atomic_write_json(samples_path, samples_to_json(samples))
     run_hash = cfg.run_hash()
-    todo = [f for f in folds if not fold_done(run_dir, f, run_hash)]
+    states = {f: fold_state(run_dir, f, run_hash, sample_set) for f in folds}
+    todo = [f for f in folds if states[f] != "done"]
+    stale = [f for f in folds if states[f] == "stale"]
+    if stale and on_warning is not None:
+        on_warning(f"the sample set changed since fold(s) {', '.join(stale)} finished; recomputing them")
     for fold in folds:
         if fold not in todo and on_fold is not None:
             on_fold(fold, "skipped (done)")
@@ -387,4 +424,5 @@ def train_run(cfg: TrainConfig, samples: Sequence, *, overwrite: bool = False,
         executor = executor or LocalExecutor()
         fold_fn = partial(run_fold, progress=progress) if isinstance(executor, LocalExecutor) else run_fold
         executor.run_folds(fold_fn, jobs, on_done=(lambda job, _: on_fold(job.fold, "done")) if on_fold else None)
-    return write_report(run_dir, cfg, folds)
+    covered = sorted(set(finished_folds(run_dir, run_hash, sample_set)) | set(folds))
+    return write_report(run_dir, cfg, covered, requested=folds)

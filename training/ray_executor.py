@@ -244,7 +244,7 @@ def pack_inputs(job: FoldJob) -> tuple[bytes, str]:
             cfg = TrainConfig.from_dict(job.config)
             prep = cfg.preprocess_config()
             for sample in samples_from_json(job.shared["samples"]):
-                path = prepared_path(cfg.cache_dir, prep, sample)
+                path = prepared_path(cfg.cache_dir, prep, sample, cfg.face_model_sha)
                 add(path, f"{CACHE_KEY}/{path.relative_to(cfg.cache_dir).as_posix()}")
     data = buf.getvalue()
     return data, hashlib.sha256(data).hexdigest()[:16]

@@ -40,8 +40,12 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def write_report(run_dir: str | Path, cfg: TrainConfig, folds: Sequence[str]) -> dict[str, Any]:
-    from slstt.training.loso import fold_dir_name, versions
+def write_report(run_dir: str | Path, cfg: TrainConfig, folds: Sequence[str],
+                 requested: Sequence[str] | None = None) -> dict[str, Any]:
+    """Pool `folds` (every finished fold of the run, not only the ones this invocation trained, so a
+    --fold re-run inside a full run keeps reporting the full run); results.json says which folds."""
+    from slstt.provenance import package_versions
+    from slstt.training.loso import fold_dir_name
 
     run_dir = Path(run_dir)
     mcfg = cfg.model_config()
@@ -57,6 +61,8 @@ def write_report(run_dir: str | Path, cfg: TrainConfig, folds: Sequence[str]) ->
         "note": OPTIMISTIC_NOTE if cfg.optimistic else "honest protocol: no test-subject information used",
         "dataset": cfg.dataset, "class_scheme": mcfg.class_scheme, "labels": labels,
         "protocol": cfg.protocol, "selection": cfg.select, "folds": list(folds),
+        "folds_note": f"pooled over {len(folds)} fold(s): {', '.join(folds)}",
+        "folds_requested": list(requested if requested is not None else folds),
         "backbone": mcfg.backbone, "aggregator": mcfg.aggregator,
         "pooled": scores_from_confusion(cm) if rows else None,
         "per_class": per_class_table(cm, labels) if rows else [],
@@ -64,7 +70,7 @@ def write_report(run_dir: str | Path, cfg: TrainConfig, folds: Sequence[str]) ->
         "per_subject": grouped_scores([r["subject"] for r in rows], y_true, y_pred, len(labels)),
         "per_dataset": grouped_scores([r["dataset"] for r in rows], y_true, y_pred, len(labels)),
         "fold_epochs": {f: d.get("epoch") for f, d in done.items()},
-        "versions": versions(),
+        "versions": package_versions(),
     }
     atomic_write_json(run_dir / "results.json", results)
     cfg.save(run_dir / "config.yaml")

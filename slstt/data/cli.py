@@ -38,6 +38,31 @@ def build_preprocess_config(crop: str = "slstt", flow: str = "farneback", encodi
                             fps=fps, apex_policy=apex_policy)
 
 
+def check_output_dir(path: Path, option: str) -> None:
+    """SlsttError (one line) unless `path` is a writable folder or can be created as one; checked
+    before any data work, so a typo fails at once instead of after a long prepare step."""
+    import os
+
+    from slstt.errors import SlsttError
+
+    if path.exists() and not path.is_dir():
+        raise SlsttError(f"{option} {path} is a file, not a folder; pass a folder path")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SlsttError(f"{option} {path}: {existing} is a file, so the folder cannot be created; pass another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SlsttError(f"{option} {path}: {existing} is not writable; pass a folder you can write to")
+
+
+def check_input_file(path: Path | None, option: str, what: str) -> None:
+    from slstt.errors import SlsttError
+
+    if path is not None and not path.is_file():
+        raise SlsttError(f"{option} {path}: no such file; pass an existing {what}")
+
+
 def load_table(dataset: str, data_root: Path, annotations: Path | None = None,
                scheme: str | None = None) -> DatasetTable:
     """The sample table; SlsttError (one line) when the layout gives no usable sample."""
@@ -69,9 +94,12 @@ def prepare_command(
     apex_policy: str = APEX_POLICY_OPTION,
 ) -> None:
     """Crop faces, compute long-term optical flow and cache the encoded flow images."""
-    from slstt.data.prepare import prepare_samples
+    from slstt.data.prepare import face_model_sha, prepare_samples
     from slstt.errors import SlsttError
 
+    check_output_dir(cache_dir, "--cache-dir")  # before reading any data
+    check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
+    face_model_sha(face_model)
     cfg = build_preprocess_config(crop, flow, encoding, frames, input_size, fps, apex_policy)
     table = load_table(dataset, data_root, annotations, scheme)
     for kind, count in table.problem_counts().items():

@@ -1,14 +1,19 @@
 """`slstt prepare`: every sample's T flow images, computed once and cached.
 
-Layout: cache_dir/<cfg.cache_key()>/<dataset>/<subject>/<clip>.npz (images uint8 (T,S,S,3), box,
-positions, apex, signature) + config.json + failures.json. Files are written atomically, so an
-interrupted run resumes; another preprocessing config has another key, so stale files are never
-read; the signature (annotated frame numbers) catches a clip re-annotated under the same key.
+Layout: cache_dir/<key>/<dataset>/<subject>/<clip>.npz (images uint8 (T,S,S,3), box, positions,
+apex, signature) + config.json + failures.json. key = cfg.cache_key(), plus "-<sha256[:8]>" of the
+face model file when it is not the packaged one (other landmarks -> other crops -> other images;
+the packaged model keeps the plain key, so existing caches stay valid). Files are written
+atomically, so an interrupted run resumes; another preprocessing config or face model has another
+key, so stale files are never read; the signature (annotated frame numbers) catches a clip
+re-annotated under the same key; a damaged file (truncated, empty) is recomputed.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,14 +30,33 @@ class PrepareReport:
     done: int  # computed in this run
     reused: int  # complete files found in the cache
     failed: list[tuple[str, str]] = field(default_factory=list)  # (sample key, message)
-    cache_dir: Path = Path()  # cache_dir/<cfg.cache_key()>
+    cache_dir: Path = Path()  # cache_dir/<key>
 
 
-def prepared_path(cache_dir: str | Path, cfg: PreprocessConfig, sample: Sample) -> Path:
-    return Path(cache_dir) / cfg.cache_key() / f"{sample.key}.npz"
+def face_model_sha(face_model: str | Path | None) -> str | None:
+    """SHA-256 of a non-packaged face model file; None for the packaged one (or None)."""
+    if face_model is None or str(face_model) == "":
+        return None
+    from slstt.preprocess.face import FACE_MODEL_SHA256
+    from slstt.provenance import file_sha256
+
+    path = Path(face_model)
+    if not path.is_file():
+        raise SlsttError(f"--face-model {path}: no such file; pass a MediaPipe face_landmarker.task or leave it out")
+    digest = file_sha256(path)
+    return None if digest == FACE_MODEL_SHA256 else digest
 
 
-def _signature(sample: Sample) -> str:
+def cache_key(cfg: PreprocessConfig, face_sha: str | None = None) -> str:
+    """Folder name of a prepared set: the preprocessing config, plus the face model when not packaged."""
+    return cfg.cache_key() + (f"-{face_sha[:8]}" if face_sha else "")
+
+
+def prepared_path(cache_dir: str | Path, cfg: PreprocessConfig, sample: Sample, face_sha: str | None = None) -> Path:
+    return Path(cache_dir) / cache_key(cfg, face_sha) / f"{sample.key}.npz"
+
+
+def sample_signature(sample: Sample) -> str:
     """What the annotations say about the clip; a changed annotation invalidates its file."""
     apex = "" if sample.apex is None else sample.frame_numbers[sample.apex]
     return f"{sample.frame_numbers[sample.onset]}:{apex}:{sample.frame_numbers[sample.offset]}:{sample.fps:g}"
@@ -42,29 +66,32 @@ def _read(path: Path, sample: Sample) -> np.ndarray | None:
     """The cached images when the file is complete and made for these annotations, else None."""
     try:
         with np.load(path) as data:
-            if str(data["signature"]) != _signature(sample):
+            if str(data["signature"]) != sample_signature(sample):
                 return None
             return data["images"]
-    except (OSError, KeyError, ValueError):
+    # A damaged file (killed copy, full disk): truncated -> BadZipFile, empty -> EOFError, a bad
+    # member -> zlib.error. It is treated as missing and recomputed.
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
 
 
-def load_prepared(cache_dir: str | Path, cfg: PreprocessConfig, sample: Sample) -> np.ndarray:
+def load_prepared(cache_dir: str | Path, cfg: PreprocessConfig, sample: Sample,
+                  face_sha: str | None = None) -> np.ndarray:
     """(T, S, S, 3) uint8 flow images of a prepared sample."""
-    path = prepared_path(cache_dir, cfg, sample)
+    path = prepared_path(cache_dir, cfg, sample, face_sha)
     images = _read(path, sample) if path.is_file() else None
     if images is not None:
         return images
-    failure = read_failures(cache_dir, cfg).get(sample.key)
+    failure = read_failures(cache_dir, cfg, face_sha).get(sample.key)
     if failure:
         raise SlsttError(f"{sample.key} could not be prepared ({failure}); leave it out or fix its frames")
-    what = "missing" if not path.is_file() else "made for other annotations"
+    what = "missing" if not path.is_file() else "damaged or made for other annotations"
     raise SlsttError(f"prepared flow images of {sample.key} {what} in {path.parent.parent}; run `slstt prepare` "
-                     f"with the same data and preprocessing options (cache key {cfg.cache_key()})")
+                     f"with the same data, preprocessing options and face model (cache key {cache_key(cfg, face_sha)})")
 
 
-def read_failures(cache_dir: str | Path, cfg: PreprocessConfig) -> dict[str, str]:
-    path = Path(cache_dir) / cfg.cache_key() / "failures.json"
+def read_failures(cache_dir: str | Path, cfg: PreprocessConfig, face_sha: str | None = None) -> dict[str, str]:
+    path = Path(cache_dir) / cache_key(cfg, face_sha) / "failures.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -108,7 +135,7 @@ def _prepare_one(sample: Sample, cfg_dict: dict, path: str) -> tuple[str, str | 
         with open(tmp, "wb") as f:
             np.savez_compressed(f, images=clip.images, box=json.dumps(clip.box.to_dict()),
                                 positions=np.asarray(clip.positions, np.float32), apex=clip.apex,
-                                signature=_signature(sample))
+                                signature=sample_signature(sample))
 
     atomic_write(path, write)
     return sample.key, None
@@ -121,17 +148,18 @@ def prepare_samples(samples: list[Sample], cfg: PreprocessConfig, cache_dir: str
     """Compute and cache the flow images of every sample not already cached (workers=0/1: in-process)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    folder = Path(cache_dir) / cfg.cache_key()
+    face_sha = face_model_sha(face_model)
+    folder = Path(cache_dir) / cache_key(cfg, face_sha)
     if not (folder / "config.json").is_file():
         cfg.save(folder / "config.json")
     todo, reused = [], 0
     for sample in samples:
-        path = prepared_path(cache_dir, cfg, sample)
+        path = prepared_path(cache_dir, cfg, sample, face_sha)
         if path.is_file() and _read(path, sample) is not None:
             reused += 1
         else:
             todo.append((sample, str(path)))
-    failures = read_failures(cache_dir, cfg)
+    failures = read_failures(cache_dir, cfg, face_sha)
     report = PrepareReport(done=0, reused=reused, cache_dir=folder)
     model = str(face_model) if face_model else None
     columns = (TextColumn("prepare"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
