@@ -18,6 +18,7 @@ from slstt.data.cli import (
     ENCODING_OPTION,
     FACE_MODEL_OPTION,
     FLOW_OPTION,
+    FLOW_SIZE_OPTION,
     FPS_OPTION,
     FRAMES_OPTION,
     INPUT_SIZE_OPTION,
@@ -64,6 +65,7 @@ def train_command(
     input_size: int = INPUT_SIZE_OPTION,
     fps: Optional[float] = FPS_OPTION,  # noqa: UP045
     apex_policy: str = APEX_POLICY_OPTION,
+    flow_size: Optional[int] = FLOW_SIZE_OPTION,  # noqa: UP045
     executor: str = typer.Option("local", "--executor", help="local (one fold at a time) | ray (folds as Ray tasks)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray: none = private local instance | auto | ray://host:10001"),  # noqa: UP045
     gpus_per_fold: float = typer.Option(0.0, "--gpus-per-fold", help="Ray: GPUs per fold (0.5 = two folds per GPU)."),
@@ -84,7 +86,7 @@ def train_command(
     check_backbone(backbone)
     check_input_file(weights, "--weights", "backbone weights file (timm .pth/.safetensors or B_16_imagenet1k.pth)")
     check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
-    prep = build_preprocess_config(crop, flow, encoding, frames, input_size, fps, apex_policy)
+    prep = build_preprocess_config(crop, flow, encoding, frames, input_size, fps, apex_policy, flow_size)
     model = ModelConfig(backbone=backbone, input_size=input_size, num_frames=frames, aggregator=aggregator,
                         lstm_hidden=lstm_hidden, lstm_layers=lstm_layers, finetune_blocks=finetune_blocks)
     cfg = TrainConfig(

@@ -27,15 +27,17 @@ FRAMES_OPTION = typer.Option(11, "--frames", "-T", help="Frames per sample (T)."
 INPUT_SIZE_OPTION = typer.Option(384, "--input-size", help="Network input side in pixels.")
 FPS_OPTION = typer.Option(None, "--fps", help="Resample every clip to this frame rate first (e.g. 30 for webcams).")
 APEX_POLICY_OPTION = typer.Option("middle", "--apex-policy", help="Clips without an apex: middle | flow")
+FLOW_SIZE_OPTION = typer.Option(None, "--flow-size", help="Resize face crops to this side before the flow "
+                                "(comparable flow for any face size; default: native crop, as the paper).")
 
 
 def build_preprocess_config(crop: str = "slstt", flow: str = "farneback", encoding: str = "hsv", frames: int = 11,
                             input_size: int = 384, fps: float | None = None,
-                            apex_policy: str = "middle") -> PreprocessConfig:
+                            apex_policy: str = "middle", flow_size: int | None = None) -> PreprocessConfig:
     from slstt.config import PreprocessConfig
 
     return PreprocessConfig(crop=crop, flow=flow, encoding=encoding, num_frames=frames, input_size=input_size,
-                            fps=fps, apex_policy=apex_policy)
+                            fps=fps, apex_policy=apex_policy, flow_size=flow_size)
 
 
 def check_output_dir(path: Path, option: str) -> None:
@@ -92,6 +94,7 @@ def prepare_command(
     input_size: int = INPUT_SIZE_OPTION,
     fps: Optional[float] = FPS_OPTION,  # noqa: UP045
     apex_policy: str = APEX_POLICY_OPTION,
+    flow_size: Optional[int] = FLOW_SIZE_OPTION,  # noqa: UP045
 ) -> None:
     """Crop faces, compute long-term optical flow and cache the encoded flow images."""
     from slstt.data.prepare import face_model_sha, prepare_samples
@@ -100,7 +103,7 @@ def prepare_command(
     check_output_dir(cache_dir, "--cache-dir")  # before reading any data
     check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
     face_model_sha(face_model)
-    cfg = build_preprocess_config(crop, flow, encoding, frames, input_size, fps, apex_policy)
+    cfg = build_preprocess_config(crop, flow, encoding, frames, input_size, fps, apex_policy, flow_size)
     table = load_table(dataset, data_root, annotations, scheme)
     for kind, count in table.problem_counts().items():
         typer.echo(f"warning: {count} sample(s) skipped: {kind} (see `slstt data check`)", err=True)
