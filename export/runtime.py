@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from slstt.errors import SlsttError
+from slstt.errors import SlsttError, first_line
 
 log = logging.getLogger("slstt.export")
 
@@ -85,7 +85,7 @@ def provider_status(name: str) -> tuple[bool, str]:
         with _silenced():
             session = ort.InferenceSession(_probe_model(), options, providers=[full, "CPUExecutionProvider"])
     except Exception as exc:
-        return False, f"session failed: {str(exc).splitlines()[0][:120]}"
+        return False, f"session failed: {first_line(exc, 120)}"
     if full not in session.get_providers():
         return False, "its libraries (CUDA/cuDNN/TensorRT) could not be loaded"
     return True, "usable"
@@ -155,7 +155,7 @@ def create_session_from_bytes(model: bytes | str, provider: str = "auto", warmup
     try:
         session = ort.InferenceSession(model, options, providers=_provider_entries(chain))
     except Exception as exc:
-        raise SlsttError(f"onnxruntime cannot load the model ({str(exc).splitlines()[0][:160]})") from None
+        raise SlsttError(f"onnxruntime cannot load the model ({first_line(exc)})") from None
     used = [SHORT_NAMES.get(p, p) for p in session.get_providers()]
     if provider not in ("auto", "cpu") and provider not in used:
         raise SlsttError(f"provider {provider} could not run this model (got {', '.join(used)}); use --provider auto")

@@ -16,7 +16,7 @@ import torch
 
 from slstt.config import ModelConfig, PreprocessConfig
 from slstt.data.schemes import CLASS_SCHEMES
-from slstt.errors import SlsttError
+from slstt.errors import SlsttError, first_line
 from slstt.models.checkpoint import LoadedCheckpoint
 from slstt.models.factory import authors_vit_to_timm, build_backbone, read_torch_file, strip_prefix
 from slstt.models.slstt import SLSTT
@@ -133,7 +133,7 @@ def load_authors_checkpoint(source: str | Path | dict, name: str | None = None,
         model.load_state_dict(convert_state_dict(state, cfg), strict=True)
     except (KeyError, RuntimeError) as exc:
         raise SlsttError(f"{path or 'checkpoint dict'}: authors' checkpoint with unexpected tensors ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:120]}); expected {EXPECTED}") from None
+                         f"{first_line(exc, 120)}); expected {EXPECTED}") from None
     info = data if isinstance(data, dict) and "state_dict" in data else {}
     meta = {
         "source": "authors",

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from slstt.config import PreprocessConfig
-from slstt.errors import NoFaceError, SlsttError
+from slstt.errors import NoFaceError, SlsttError, first_line
 from slstt.preprocess.face import CropBox, FaceLandmarker
 from slstt.preprocess.flow import flow_images_to_input
 from slstt.preprocess.pipeline import clip_to_flow_images
@@ -177,7 +177,7 @@ class Recognizer:
         try:
             result = self.classify(clip)
         except Exception as exc:  # noqa: BLE001 - one bad clip must not stop the live loop
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = first_line(exc)
             result = Recognition(None, None, 0.0, msg)
         result.latency_ms = (time.perf_counter() - t0) * 1000.0  # event closed -> label known
         self.latencies_ms.append(result.latency_ms)

@@ -12,3 +12,12 @@ class SlsttError(Exception):
 
 class NoFaceError(SlsttError):
     """No face was found where one is required (per-sample; callers count and report these)."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first non-empty line of an exception's message (or its type name), cut to `limit`:
+    third-party errors (OpenCV, onnxruntime, MediaPipe) are often pages long."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from slstt.errors import SlsttError
+from slstt.errors import SlsttError, first_line
 from slstt.io import atomic_write_bytes
 from slstt.training.executors import FoldFn, FoldJob
 
@@ -98,7 +98,7 @@ class RayExecutor:
             else:
                 ray.init(address=self.address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise SlsttError(f"cannot connect to Ray at {self.address or 'a new local instance'} ({first}); "
                              f"start one with `ray start --head` or fix --ray-address") from None
 

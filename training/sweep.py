@@ -72,7 +72,7 @@ def load_sweep(path: Path) -> dict:
     """{'base': TrainConfig dict (paths absolute), 'grid': {key: [values]}, 'out': str | None}."""
     import yaml
 
-    from slstt.errors import SlsttError
+    from slstt.errors import SlsttError, first_line
     from slstt.training.config import TrainConfig
 
     path = Path(path)
@@ -81,7 +81,7 @@ def load_sweep(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise SlsttError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise SlsttError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if not isinstance(data, dict) or "base" not in data or "grid" not in data:
         raise SlsttError(f"{path}: needs a `base:` train config and a `grid:` of lists (format: docs/ray.md, Sweeps)")
     base = data["base"]

@@ -21,7 +21,7 @@ import numpy as np
 
 from slstt.config import PreprocessConfig
 from slstt.data.samples import Sample
-from slstt.errors import SlsttError
+from slstt.errors import SlsttError, first_line
 from slstt.io import atomic_write, atomic_write_json
 
 
@@ -129,7 +129,7 @@ def _prepare_one(sample: Sample, cfg_dict: dict, path: str) -> tuple[str, str | 
         clip = clip_to_flow_images(sample.load_frame, len(sample.frames), sample.onset, sample.apex, sample.offset,
                                    cfg, _landmarker, fps=sample.fps, where=sample.key)
     except (SlsttError, cv2.error) as exc:  # NoFaceError, unreadable frame, too-short clip
-        return sample.key, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return sample.key, first_line(exc, 400)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:

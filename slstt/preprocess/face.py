@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from slstt.errors import SlsttError
+from slstt.errors import SlsttError, first_line
 
 FACE_MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 NUM_LANDMARKS = 478
@@ -140,7 +140,7 @@ class FaceLandmarker:
             with quiet_native_stderr():
                 self._task = vision.FaceLandmarker.create_from_options(options)
         except Exception as exc:  # noqa: BLE001 - mediapipe raises RuntimeError/ValueError
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise SlsttError(f"cannot load face model {path}: {reason}; pass a MediaPipe "
                              "face_landmarker.task file") from None
         self.video = video
