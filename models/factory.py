@@ -150,6 +150,46 @@ def _pretrained_name(name: str) -> str:
     return name
 
 
+WEIGHTS_HINT = "pass --weights PATH (timm .pth/.safetensors or B_16_imagenet1k.pth) or --no-pretrained"
+
+
+def ensure_pretrained_available(backbone: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not after a minute of hub retries, when timm's ImageNet weights for
+    `backbone` are neither cached here nor downloadable (offline machine)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from timm.models import get_pretrained_cfg
+
+    name = _pretrained_name(backbone)
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        raise SlsttError(f"timm has no pretrained weights for {name}; {WEIGHTS_HINT}")
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = cfg.hf_hub_id.split("@")[0]
+        if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
+            return
+        host = "huggingface.co"
+    elif cfg.url:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+        if cached.is_file():
+            return
+        host = urlparse(cfg.url).hostname or ""
+    else:
+        raise SlsttError(f"timm has no download source for {name}; {WEIGHTS_HINT}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        if offline:
+            raise OSError("HF_HUB_OFFLINE is set")
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError as exc:
+        raise SlsttError(f"ImageNet weights for {name} are not cached and {host} is unreachable "
+                         f"({_first_line(exc, 60)}); {WEIGHTS_HINT}") from None
+
+
 def build_backbone(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
     import timm
 
@@ -159,6 +199,8 @@ def build_backbone(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
             f"model.backbone {cfg.backbone!r} is not a timm ViT; use e.g. vit_base_patch16_384 or vit_tiny_patch16_224"
         )
     name = _pretrained_name(cfg.backbone) if pretrained else cfg.backbone
+    if pretrained:
+        ensure_pretrained_available(cfg.backbone)
     try:
         backbone = timm.create_model(name, pretrained=pretrained, **backbone_kwargs(cfg))
     except Exception as exc:
@@ -166,7 +208,7 @@ def build_backbone(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
             raise
         raise SlsttError(
             f"cannot get pretrained weights for {name} (offline or not cached: {_first_line(exc, 100)}); "
-            f"download them once with network access or pass --weights PATH (timm .pth/.safetensors or B_16_imagenet1k.pth)"
+            f"download them once with network access or {WEIGHTS_HINT}"
         ) from None
     for block in backbone.blocks:
         # The authors' MLP has no dropout between fc1 and fc2 (only after fc2); timm's has both.

@@ -221,3 +221,21 @@ def test_authors_checkpoint_data_fps_from_file_name(name, fps):
         assert rate["note"] == loaded.meta["data_fps_note"]
     else:
         assert "note" not in rate and any("data_fps" in a for a in loaded.meta["assumptions"])
+
+
+def test_train_offline_without_weights_fails_fast_before_data_work(tmp_path):
+    """`slstt train` with the default pretrained backbone on an offline machine: one line naming
+    --weights within seconds (not a minute of hub retries, not after preparing the data)."""
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "TORCH_HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "slstt.cli", "train", "--dataset", "casme2", "--data-root",
+                          str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--weights PATH" in lines[0], out.stderr
+    assert elapsed < 30 and not (tmp_path / "cache").exists()

@@ -84,6 +84,10 @@ def train_command(
     check_output_dir(out, "--out")
     check_output_dir(cache_dir, "--cache-dir")
     check_backbone(backbone)
+    if pretrained and weights is None:
+        from slstt.models.factory import ensure_pretrained_available
+
+        ensure_pretrained_available(backbone)
     check_input_file(weights, "--weights", "backbone weights file (timm .pth/.safetensors or B_16_imagenet1k.pth)")
     check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
     prep = build_preprocess_config(crop, flow, encoding, frames, input_size, fps, apex_policy, flow_size)
