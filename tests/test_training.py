@@ -91,6 +91,23 @@ def test_metrics_match_sklearn(seed: int) -> None:
                                                  average="macro", zero_division=0))
 
 
+def test_composite_breakdown_per_dataset_matches_sklearn() -> None:
+    """Composite runs report each data set's own UF1/UAR (spec section 5) beside the pooled ones."""
+    from slstt.training.metrics import grouped_scores
+
+    rng = np.random.default_rng(7)
+    datasets = rng.choice(["casme2", "samm", "smic"], 300)
+    y_true = rng.integers(0, 3, 300)
+    y_pred = np.where(rng.random(300) < 0.7, y_true, rng.integers(0, 3, 300))
+    rows = grouped_scores(datasets.tolist(), y_true, y_pred, 3)
+    assert [r["group"] for r in rows] == ["casme2", "samm", "smic"]
+    for row in rows:
+        mask = datasets == row["group"]
+        assert row["n"] == mask.sum()
+        assert row["uf1"] == pytest.approx(f1_score(y_true[mask], y_pred[mask], average="macro"))
+        assert row["uar"] == pytest.approx(recall_score(y_true[mask], y_pred[mask], average="macro"))
+
+
 # ---- end to end -----------------------------------------------------------------------------
 def test_loso_acceptance_and_report(loso_run: Path) -> None:
     results = json.loads((loso_run / "results.json").read_text())
