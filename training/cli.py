@@ -84,10 +84,6 @@ def train_command(
     check_output_dir(out, "--out")
     check_output_dir(cache_dir, "--cache-dir")
     check_backbone(backbone)
-    if pretrained and weights is None:
-        from slstt.models.factory import ensure_pretrained_available
-
-        ensure_pretrained_available(backbone)
     check_input_file(weights, "--weights", "backbone weights file (timm .pth/.safetensors or B_16_imagenet1k.pth)")
     check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
     prep = build_preprocess_config(crop, flow, encoding, frames, input_size, fps, apex_policy, flow_size)
@@ -108,6 +104,10 @@ def train_command(
                        max_retries=max_retries, shared_dir=shared_dir)
     ex = get_executor(executor, **(ray_options if executor == "ray" else {}))
     try:
+        if pretrained and weights is None:  # offline: one line in seconds, not after preparing the data
+            from slstt.models.factory import ensure_pretrained_available
+
+            ensure_pretrained_available(backbone)
         run_training(cfg, overwrite=overwrite, executor=ex)
     finally:
         getattr(ex, "close", lambda: None)()  # stops a local Ray instance the executor started
