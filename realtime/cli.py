@@ -168,20 +168,29 @@ def run_live(source_spec: int | str, *, model: Path | None, config: Any, display
             pipe.close()
 
 
+# Options shared by `live` and `analyze`: the same detector, so the same knobs and help.
+DEVICE_OPTION = typer.Option("auto", "--device", help=DEVICE_HELP)
+CALIBRATE_OPTION = typer.Option(0.0, "--calibrate", help="Seconds of neutral face first: sets the noise baseline.")
+THRESHOLD_K_OPTION = typer.Option(None, "--threshold-k", help="Threshold = median + k * MAD of recent motion (default 5).")
+MIN_MICRO_OPTION = typer.Option(None, "--min-micro-ms", help="Shorter intervals are ignored (default 100).")
+MAX_MICRO_OPTION = typer.Option(None, "--max-micro-ms", help="Longer intervals are macro (default 500).")
+LANDMARK_EVERY_OPTION = typer.Option(3, "--landmark-every", help="Run the face landmarker every k-th frame.")
+
+
 def live_command(
     camera: int | None = typer.Option(None, "--camera", help="Camera index (0 = first webcam)."),
     video: Path | None = typer.Option(None, "--video", help="Video file, played at its own frame rate."),
     source: str | None = typer.Option(None, "--source", help="Camera index, video file or stream URL (rtsp://, http://)."),
     model: Path | None = typer.Option(None, "--model", help="Exported model.onnx; without it only spotting runs."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = DEVICE_OPTION,
     no_display: bool = typer.Option(False, "--no-display", help="Headless: no window."),
     events: Path | None = typer.Option(None, "--events", help="Write events here as JSONL (flushed per event)."),
     record: Path | None = typer.Option(None, "--record", help="Write the annotated video here (mp4)."),
-    calibrate: float = typer.Option(0.0, "--calibrate", help="Seconds of neutral face first: sets the noise baseline."),
-    threshold_k: float | None = typer.Option(None, "--threshold-k", help="Threshold = median + k * MAD of recent motion (default 5)."),
-    min_micro_ms: float | None = typer.Option(None, "--min-micro-ms", help="Shorter intervals are ignored (default 100)."),
-    max_micro_ms: float | None = typer.Option(None, "--max-micro-ms", help="Longer intervals are macro (default 500)."),
-    landmark_every: int = typer.Option(3, "--landmark-every", help="Run the face landmarker every k-th frame."),
+    calibrate: float = CALIBRATE_OPTION,
+    threshold_k: float | None = THRESHOLD_K_OPTION,
+    min_micro_ms: float | None = MIN_MICRO_OPTION,
+    max_micro_ms: float | None = MAX_MICRO_OPTION,
+    landmark_every: int = LANDMARK_EVERY_OPTION,
     face_model: Path | None = FACE_MODEL_OPTION,
     fast: bool = typer.Option(False, "--fast", help="Video files: as fast as possible instead of real time."),
 ) -> None:
@@ -204,13 +213,13 @@ def analyze_command(
     out: Path = typer.Option(Path("analyze_out"), "--out", help="Folder for events.jsonl, events.csv, timeline.png."),
     model: Path | None = typer.Option(None, "--model", help="Exported model.onnx to label micro events."),
     ground_truth: Path | None = typer.Option(None, "--ground-truth", help="Ground-truth CSV (synth .gt.csv form) to score against."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = DEVICE_OPTION,
     record: Path | None = typer.Option(None, "--record", help="Also write the annotated video."),
-    calibrate: float = typer.Option(0.0, "--calibrate", help="Seconds of neutral face at the start."),
-    threshold_k: float | None = typer.Option(None, "--threshold-k", help="Threshold = median + k * MAD (default 5)."),
-    min_micro_ms: float | None = typer.Option(None, "--min-micro-ms", help="Default 100."),
-    max_micro_ms: float | None = typer.Option(None, "--max-micro-ms", help="Default 500."),
-    landmark_every: int = typer.Option(3, "--landmark-every", help="Run the face landmarker every k-th frame."),
+    calibrate: float = CALIBRATE_OPTION,
+    threshold_k: float | None = THRESHOLD_K_OPTION,
+    min_micro_ms: float | None = MIN_MICRO_OPTION,
+    max_micro_ms: float | None = MAX_MICRO_OPTION,
+    landmark_every: int = LANDMARK_EVERY_OPTION,
     face_model: Path | None = FACE_MODEL_OPTION,
 ) -> None:
     """Run the live pipeline over a video file as fast as possible and report events."""
