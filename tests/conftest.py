@@ -37,3 +37,25 @@ def no_face_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from slstt.data.synth import make_no_face_video
 
     return make_no_face_video(tmp_path_factory.mktemp("no_face") / "no_face.mp4", seconds=3, fps=30)
+
+
+def _read_video(path: Path) -> tuple[list, float]:
+    """Every frame of a video file (BGR arrays) and its frame rate."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames, fps
+
+
+@pytest.fixture(scope="session")
+def read_video():
+    """The tests' one video reader: read_video(path) -> (frames, fps)."""
+    return _read_video

@@ -115,7 +115,7 @@ def test_events_files_and_labels(analyzed, tiny_model):
     assert summary["scores"]["f1"] == pytest.approx(result.scores.f1)
 
 
-def test_recognizer_input_equals_training_preprocessing(analyzed, synth_long_video, tiny_model):
+def test_recognizer_input_equals_training_preprocessing(analyzed, synth_long_video, tiny_model, read_video):
     """No train/serve skew: the live input for an event == what training builds from the same frames
     (decoded independently from the file): clip_to_flow_images with box=None, i.e. landmarks found
     once on the apex frame by an IMAGE-mode landmarker, + flow_images_to_input, at the training rate."""
@@ -127,13 +127,7 @@ def test_recognizer_input_equals_training_preprocessing(analyzed, synth_long_vid
     result, captured, _ = analyzed
     assert captured, "no micro event reached the recognizer"
     micro = sorted((e for e in result.events if e.kind == "micro"), key=lambda e: e.onset_frame)
-    cap = cv2.VideoCapture(str(synth_long_video[0]))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
+    frames, _ = read_video(synth_long_video[0])
     cfg = OnnxClassifier(tiny_model).preprocess  # fps 30 set at training: resampling is explicit
     checked = 0
     with FaceLandmarker() as landmarker:  # IMAGE mode, as prepare uses it

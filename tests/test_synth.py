@@ -189,20 +189,7 @@ def test_mediapipe_finds_the_synthetic_faces(synth_corpus: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # long videos
 
-def read_video(path: Path) -> tuple[list[np.ndarray], float]:
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames, fps
-
-
-def test_long_video_file_and_ground_truth(synth_long_video: tuple[Path, Path]) -> None:
+def test_long_video_file_and_ground_truth(synth_long_video: tuple[Path, Path], read_video) -> None:
     video, gt = synth_long_video
     frames, fps = read_video(video)
     assert fps == 30 and len(frames) == 24 * 30 and frames[0].shape == (480, 640, 3)  # conftest: 24 s
@@ -228,7 +215,7 @@ def test_long_video_file_and_ground_truth(synth_long_video: tuple[Path, Path]) -
     assert 3 <= min(micro) and max(micro) <= 15 and min(macro) > max(micro)  # 100-500 ms vs 1-4 s
 
 
-def test_long_video_motion_sizes(synth_long_video: tuple[Path, Path]) -> None:
+def test_long_video_motion_sizes(synth_long_video: tuple[Path, Path], read_video) -> None:
     """Measured on the decoded mp4: macro expressions move far more than micro ones, and a
     quiet stretch (no event) shows only noise-level flow."""
     video, gt = synth_long_video
@@ -246,7 +233,8 @@ def test_long_video_motion_sizes(synth_long_video: tuple[Path, Path]) -> None:
     assert np.percentile(quiet, 99.5) < 0.7
 
 
-def test_long_video_face_found_and_no_face_video(synth_long_video: tuple[Path, Path], no_face_video: Path) -> None:
+def test_long_video_face_found_and_no_face_video(synth_long_video: tuple[Path, Path], no_face_video: Path,
+                                                 read_video) -> None:
     from slstt.preprocess.face import FaceLandmarker
 
     cap = cv2.VideoCapture(str(synth_long_video[0]))
@@ -262,7 +250,7 @@ def test_long_video_face_found_and_no_face_video(synth_long_video: tuple[Path, P
         assert all(landmarker.detect(f) is None for f in frames[::30])
 
 
-def test_long_video_is_deterministic(tmp_path: Path) -> None:
+def test_long_video_is_deterministic(tmp_path: Path, read_video) -> None:
     small = dict(duration_s=4, n_micro=1, n_macro=0, n_head=1, size=(320, 240))
     a = synth.make_long_video(tmp_path / "a.mp4", seed=5, **small)
     b = synth.make_long_video(tmp_path / "b.mp4", seed=5, **small)
