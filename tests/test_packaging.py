@@ -3,6 +3,7 @@ no bare `models`/`training`/... module, and the CLI lists the user's commands.""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,9 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    # Build from a clean copy: setuptools writes build/ and *.egg-info beside the sources, and a stale
+    # build/lib in the checkout could slip removed modules into the wheel.
+    src = tmp_path_factory.mktemp("src") / "slstt"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "slstt_cache", "runs",
+        "demo_out"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(src)], check=True, capture_output=True, timeout=300)
     (wheel,) = out.glob("slstt-*.whl")
     return set(zipfile.ZipFile(wheel).namelist())
 
