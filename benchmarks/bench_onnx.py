@@ -23,7 +23,7 @@ from rich.table import Table
 
 from slstt.config import ModelConfig, PreprocessConfig
 from slstt.export.onnx import export_onnx
-from slstt.export.runtime import create_session, usable_providers
+from slstt.export.runtime import create_session, provider_reason, usable_providers
 from slstt.models import create_model, save_checkpoint
 
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_384")
@@ -98,6 +98,10 @@ def main() -> None:
     console.print(f"torch {torch.__version__} threads={torch.get_num_threads()}, cpus={os.cpu_count()}, "
                   f"load avg {load:.1f}, providers usable: {', '.join(usable_providers())}, "
                   f"batch 1, T={args.frames}, median of {args.runs} runs")
+    for gpu in ("cuda", "tensorrt"):
+        reason = provider_reason(gpu)
+        if reason:  # say why a GPU row is missing instead of leaving it out silently
+            console.print(f"{gpu}: not usable ({reason})", markup=False)
     for name in args.models:
         rows = bench_model(name, args.frames, args.runs, console)
         base = rows[0][1]

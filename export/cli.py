@@ -20,16 +20,21 @@ def onnx_command(
     opset: int = typer.Option(17, "--opset", help="ONNX opset (14..20)."),
     static_time: bool = typer.Option(False, "--static-time", help="Fix T to the model's T instead of a dynamic axis."),
     no_parity: bool = typer.Option(False, "--no-parity", help="Skip the torch vs onnxruntime check (not advised)."),
+    aggregator: str = typer.Option("auto", "--aggregator",
+                                   help="auto (from the checkpoint) | lstm | mean: the temporal head of an authors' checkpoint."),
 ) -> None:
     """Export a checkpoint to one self-contained .onnx file with its preprocessing in the metadata."""
     from rich.console import Console
 
+    from slstt.config import AGGREGATORS
     from slstt.errors import SlsttError
     from slstt.export.metadata import DTYPES
     from slstt.export.onnx import export_onnx
 
     if dtype not in DTYPES:
         raise SlsttError(f"--dtype {dtype!r} unknown; choose one of {', '.join(DTYPES)}")
+    if aggregator not in ("auto", *AGGREGATORS):
+        raise SlsttError(f"--aggregator {aggregator!r} unknown; choose auto, {', '.join(AGGREGATORS)}")
     if output is None:
         name = checkpoint.name
         for suffix in (".pth.tar", ".pt", ".pth", ".ckpt", ".tar"):
@@ -39,7 +44,8 @@ def onnx_command(
         output = checkpoint.with_name(name + ".onnx")
     console = Console()
     report = export_onnx(checkpoint, output, split=split, dtype=dtype, opset=opset,
-                         dynamic_time=not static_time, parity=not no_parity, console=console)
+                         dynamic_time=not static_time, parity=not no_parity, console=console,
+                         aggregator=aggregator)
     time_axis = "dynamic" if report.dynamic_time else f"fixed at {report.num_frames}"
     for path in report.outputs:
         console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
@@ -62,10 +68,18 @@ def check_command(
 
     from slstt.errors import SlsttError
     from slstt.export.metadata import check_compatible, read_metadata
-    from slstt.export.runtime import _warmup, create_session, provider_status, usable_providers
+    from slstt.export.runtime import (
+        _warmup,
+        check_provider,
+        create_session,
+        provider_status,
+        usable_providers,
+    )
 
     if runs < 1:
         raise SlsttError(f"--runs must be >= 1, got {runs}")
+    if provider != "all":
+        check_provider(provider, "--provider")  # before reading the model: the GPU may be the problem
     metadata = read_metadata(model)
     console = Console()
     table = Table(title=f"{model.name}: slstt metadata", show_lines=False)
@@ -79,9 +93,9 @@ def check_command(
             table.add_row(key, value if isinstance(value, str) else json.dumps(value, default=str))
     model_cfg = metadata.get("model_config", {})
     table.add_row("backbone", f"{model_cfg.get('backbone')} / {model_cfg.get('aggregator')}")
-    checks = metadata.get("parity", {}).get("checks", [])
+    checks = [c for c in metadata.get("parity", {}).get("checks", []) if c["dtype"] == metadata.get("dtype")]
     if checks:
-        worst = max(c["max_abs_diff"] for c in checks if c["dtype"] == metadata.get("dtype"))
+        worst = max(c["max_abs_diff"] for c in checks)
         table.add_row("parity", f"max |diff| vs torch {worst:.2e} over {len(checks)} checks")
     console.print(table)
 
@@ -89,7 +103,7 @@ def check_command(
     for gpu in ("cuda", "tensorrt"):
         ok, reason = provider_status(gpu)
         if not ok:
-            console.print(f"{gpu}: not usable ({reason})")
+            console.print(f"{gpu}: not usable ({reason})", markup=False)
     latency = Table(title=f"latency, batch 1, median of {runs} runs")
     for col in ("provider", "used", "median ms", "min ms"):
         latency.add_column(col)

@@ -106,17 +106,27 @@ class _Half(nn.Module):
 # ---- loading / checks -------------------------------------------------------------------------
 
 
-def _load(checkpoint: Any) -> Any:
-    """A LoadedCheckpoint from a path (project or authors' file) or an already loaded one."""
+def _load(checkpoint: Any, aggregator: str = "auto") -> Any:
+    """A LoadedCheckpoint from a path (project or authors' file) or an already loaded one.
+
+    aggregator: auto (what the checkpoint says or its tensors imply) | lstm | mean."""
     if hasattr(checkpoint, "model") and hasattr(checkpoint, "model_config"):
         return checkpoint
-    from slstt.models import load_checkpoint
+    import inspect
+
+    from slstt.models.checkpoint import load_checkpoint
 
     path = Path(checkpoint)
     if not path.is_file():
         raise SlsttError(f"checkpoint not found: {path}; pass a .pt/.pth.tar written by `slstt train`")
+    options: dict[str, Any] = {"map_location": "cpu"}
+    if aggregator != "auto":
+        if "aggregator" not in inspect.signature(load_checkpoint).parameters:
+            raise SlsttError(f"--aggregator {aggregator}: this slstt's checkpoint loader cannot override the "
+                             "aggregator yet; use --aggregator auto")
+        options["aggregator"] = aggregator
     try:
-        return load_checkpoint(path)
+        return load_checkpoint(path, **options)
     except SlsttError:
         raise
     except Exception as exc:  # any unreadable file: one line, never a traceback
@@ -284,6 +294,7 @@ def export_onnx(
     dynamic_time: bool = True,
     parity: bool = True,
     console: Any = None,
+    aggregator: str = "auto",
 ) -> ExportReport:
     """Export a project or authors' checkpoint (path or LoadedCheckpoint) to ONNX.
 
@@ -302,7 +313,7 @@ def export_onnx(
         raise SlsttError(f"opset {opset} not supported; use 14..20 (default 17)")
     output = Path(output)
     check_output_path(output)
-    loaded = _load(checkpoint)
+    loaded = _load(checkpoint, aggregator)
     model = loaded.model.float().eval()
     mcfg, pcfg = loaded.model_config, loaded.preprocess_config
     if pcfg is None:  # a checkpoint without preprocessing: the paper's, at the model's size and T

@@ -4,6 +4,9 @@ warm it up, and wrap it in a classifier that knows its labels and preprocessing.
 onnxruntime-gpu lists CUDA/TensorRT even on machines where their libraries or the GPU are missing;
 asking for them then prints errors and silently falls back. So usability is probed once, quietly,
 on a one-node model, and a session is accepted only if it really holds the provider asked for.
+Before any GPU session the pip-installed CUDA/cuDNN/TensorRT libraries are loaded into the process
+(slstt.gpu.preload_gpu_libraries; torch is not imported for that), and a provider that cannot run
+says why in one line (provider_status / provider_reason / check_provider; `slstt doctor`).
 """
 
 from __future__ import annotations
@@ -48,13 +51,14 @@ def _probe_model() -> bytes:
 
 @contextlib.contextmanager
 def _silenced():
-    """Mute onnxruntime's C++ logger and its Python 'EP Error ... falling back' print."""
+    """Mute onnxruntime's C++ logger and capture its Python 'EP Error ... falling back' print."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(4)
+    printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
+        with contextlib.redirect_stdout(printed):
+            yield printed
     finally:
         ort.set_default_logger_severity(ORT_DEFAULT_SEVERITY)
 
@@ -68,27 +72,60 @@ def _gpu_device_missing() -> str | None:
 
 @functools.cache
 def provider_status(name: str) -> tuple[bool, str]:
-    """(usable, reason) for 'tensorrt' | 'cuda' | 'cpu'; probed once per process."""
+    """(usable, reason) for 'tensorrt' | 'cuda' | 'cpu'; probed once per process.
+
+    The reason is the first thing in the way, in order: the onnxruntime build, the provider
+    library's first missing dependency after the preload (e.g. "NVIDIA driver (libcuda.so.1)
+    absent", "TensorRT 10 (libnvinfer.so.10) not installed"), the GPU device, a real session."""
     import onnxruntime as ort
 
+    from slstt.gpu import library_problem
+
+    if name not in PROVIDER_NAMES:
+        raise SlsttError(f"unknown provider {name!r}; choose one of {', '.join(CHOICES)}")
     full = PROVIDER_NAMES[name]
     if name == "cpu":
         return True, "always available"
     if full not in ort.get_available_providers():
-        return False, f"this onnxruntime build has no {full}"
+        return False, f"this onnxruntime build has no {full} (pip install onnxruntime-gpu)"
+    problem = library_problem(name)
+    if problem:
+        return False, problem
     missing = _gpu_device_missing()
     if missing:
         return False, missing
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
-        with _silenced():
+        with _silenced() as printed:
             session = ort.InferenceSession(_probe_model(), options, providers=[full, "CPUExecutionProvider"])
     except Exception as exc:
         return False, f"session failed: {first_line(exc, 120)}"
     if full not in session.get_providers():
-        return False, "its libraries (CUDA/cuDNN/TensorRT) could not be loaded"
+        said = first_line(Exception(printed.getvalue()), 140) if printed.getvalue().strip() else "no reason given"
+        return False, f"onnxruntime fell back to the CPU ({said})"
     return True, "usable"
+
+
+def provider_reason(name: str) -> str | None:
+    """Why 'cuda' | 'tensorrt' cannot run here (one short line for status bars and overlays), or None."""
+    usable, reason = provider_status(name)
+    return None if usable else reason
+
+
+def check_provider(name: str, option: str = "--device") -> None:
+    """Raise SlsttError (one line) if `name` was asked for explicitly and cannot run here.
+
+    Cheap (no model, no video: about 0.5 s on a CPU machine), so a command calls it before opening
+    its source; 'auto' and 'cpu' always pass ('auto' falls back with a logged reason)."""
+    if name not in CHOICES:
+        raise SlsttError(f"{option} {name!r}: choose one of {', '.join(CHOICES)}")
+    if name in ("auto", "cpu"):
+        return
+    usable, reason = provider_status(name)
+    if not usable:
+        raise SlsttError(f"{option} {name} is not usable here: {reason}; use {option} auto or cpu "
+                         "(`slstt doctor` shows what this machine can run)")
 
 
 def usable_providers() -> list[str]:
@@ -126,9 +163,7 @@ def _resolve(provider: str) -> list[str]:
         if "cuda" not in chain:
             _note_once(f"CUDA not usable ({provider_status('cuda')[1]}), using {', '.join(chain).upper()}")
         return chain
-    ok, reason = provider_status(provider)
-    if not ok:
-        raise SlsttError(f"provider {provider} is not usable here ({reason}); use --provider auto or cpu")
+    check_provider(provider, "--provider")
     return [provider] if provider == "cpu" else [provider, "cpu"]  # CPU takes ops the GPU EP lacks
 
 
@@ -146,6 +181,10 @@ def create_session_from_bytes(model: bytes | str, provider: str = "auto", warmup
     import onnxruntime as ort
 
     chain = _resolve(provider)
+    if any(name != "cpu" for name in chain):
+        from slstt.gpu import preload_gpu_libraries
+
+        preload_gpu_libraries()  # done by the probe already; explicit: no GPU session without it
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -176,10 +215,22 @@ def create_session(path: str | Path, provider: str = "auto", warmup: bool = True
 
 
 def _metadata_T(session: Any) -> int:
+    """The model's T for the warm-up run; a tampered value must not size a huge allocation."""
+    from slstt.export.metadata import MAX_FRAMES
+
     try:
-        return max(1, int(session.get_modelmeta().custom_metadata_map.get("T", 1)))
+        T = int(session.get_modelmeta().custom_metadata_map.get("T", 1))
     except ValueError:
         return 1
+    return T if 1 <= T <= MAX_FRAMES else 1
+
+
+def _finite(logits: np.ndarray, where: str) -> np.ndarray:
+    """NaN/inf logits (damaged weights, a bad input) must never become probabilities or events."""
+    if not np.isfinite(logits).all():
+        raise SlsttError(f"{where}: the model produced non-finite outputs (NaN/inf) for this input; "
+                         "check the input and re-export the model")
+    return logits
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -233,7 +284,7 @@ class OnnxClassifier:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self._input_name: self._check_input(x)})[0]
-        return np.asarray(out, dtype=np.float32)
+        return _finite(np.asarray(out, dtype=np.float32), self.path.name)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Softmax probabilities (B, C) float32, columns in `labels` order."""
@@ -270,4 +321,4 @@ class OnnxClassifier:
         session = self._part("head")
         inp = session.get_inputs()[0]
         x = np.ascontiguousarray(features, dtype=np.float16 if inp.type == "tensor(float16)" else np.float32)
-        return np.asarray(session.run(None, {inp.name: x})[0], dtype=np.float32)
+        return _finite(np.asarray(session.run(None, {inp.name: x})[0], dtype=np.float32), self.path.name)

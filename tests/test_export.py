@@ -129,6 +129,9 @@ def test_tampered_metadata_is_refused(project, tmp_path):
         (lambda m: (m.update(labels=LABELS + ["other"]), m["model_config"].update(num_classes=4,
                     labels=LABELS + ["other"])), "outputs 3 classes"),
         (lambda m: (m.update(T=5), m["preprocess_config"].update(num_frames=5)), None),  # dynamic T graph: fine
+        (lambda m: m["preprocess_config"]["flow_params"].update(winsize=-5), "flow_params.winsize"),
+        (lambda m: m["preprocess_config"].update(std=[0, 0, 0]), "preprocess_config.std"),
+        (lambda m: m.update(T=True), "'T' must be an integer"),
     ]
     for change, expected in cases:
         path = tampered(change)
@@ -211,6 +214,7 @@ def test_cli_bad_inputs_one_line_no_output(project, tmp_path, capsys):
         (["-c", str(not_ckpt), "-o", str(tmp_path / "b.onnx")], "notes.pt"),
         (["-c", str(project["ckpt"]), "-o", str(blocker / "sub" / "c.onnx")], "not a directory"),
         (["-c", str(project["ckpt"]), "-o", str(tmp_path / "d.onnx"), "--dtype", "fp8"], "--dtype"),
+        (["-c", str(project["ckpt"]), "-o", str(tmp_path / "e.onnx"), "--aggregator", "gru"], "--aggregator 'gru'"),
     ]
     for args, expected in cases:
         code, _, err = run_cli(capsys, "export", "onnx", *args)
