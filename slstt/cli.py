@@ -51,6 +51,8 @@ app.add_typer(_command("slstt.export.cli", "export_app"), name="export",
 app.command("live")(_command("slstt.realtime.cli", "live_command"))
 app.command("analyze")(_command("slstt.realtime.cli", "analyze_command"))
 app.command("demo")(_command("slstt.realtime.cli", "demo_command"))
+app.command("doctor")(_command("slstt.gpu", "doctor_command"))
+app.command("spot-long")(_command("slstt.realtime.megc", "spot_long_command"))
 
 
 def main(argv: list[str] | None = None) -> None:

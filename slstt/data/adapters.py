@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import io
+import math
 import os
 import re
 from collections.abc import Callable
@@ -56,8 +58,11 @@ ERRATA: list[dict[str, str]] = [
      "fix": "apex treated as unknown (None -> cfg.apex_policy); recorded per clip"},
     {"dataset": "*", "clip": "*", "issue": "onset or offset '/' (unknown)",
      "fix": "the clip folder's first / last frame; recorded per clip"},
-    {"dataset": "*", "clip": "*", "issue": "identical duplicate annotation rows",
-     "fix": "later copies dropped; conflicting duplicates are problems"},
+    {"dataset": "*", "clip": "*", "issue": "identical duplicate annotation or manifest rows",
+     "fix": "later copies dropped (a clip is never trained on twice); conflicting duplicates are problems"},
+    {"dataset": "*", "clip": "*", "issue": "negative apex (SAMM's -1: not coded)", "fix": "apex None -> cfg.apex_policy"},
+    {"dataset": "*", "clip": "*", "issue": "CSV saved as Windows-1252 (Excel on Western Windows), not UTF-8",
+     "fix": "read as cp1252 when that gives plain text; other encodings are refused with one line"},
 ]
 
 
@@ -92,9 +97,35 @@ def _cell_text(value: object) -> str:
     return str(value).replace("\r", "").replace("\n", " ").strip()
 
 
-def read_table(path: Path, required: tuple[str, ...] = ("subject", "filename")) -> list[tuple[int, dict[str, str]]]:
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def read_text(path: Path) -> tuple[str, str]:
+    """(text, encoding) of an annotation or manifest CSV: UTF-8 (with or without BOM), else Windows-1252
+    when that decodes to plain text (Excel's 'CSV' on Western Windows); anything else -> SlsttError."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SlsttError(f"cannot read {path}: {exc.strerror or exc}; check the path and its permissions") from None
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError as exc:
+        bad = exc.start
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and not _CONTROL.search(text):
+        return text, "cp1252"
+    raise SlsttError(f"{path} is not a UTF-8 text file (byte 0x{data[bad]:02x} at offset {bad}); "
+                     "save it as CSV UTF-8 (or pass the .xlsx)")
+
+
+def read_table(path: Path, required: tuple[str, ...] = ("subject", "filename"),
+               encoding: list[str] | None = None) -> list[tuple[int, dict[str, str]]]:
     """(row number, {normalised header: cell text}) of an xlsx or CSV annotation file; the header
-    is the first row holding every `required` column (SAMM's xlsx has title rows above it)."""
+    is the first row holding every `required` column (SAMM's xlsx has title rows above it).
+    A CSV's text encoding is appended to `encoding` when given (callers record a non-UTF-8 file)."""
     if path.suffix.lower() in (".xlsx", ".xlsm"):
         import openpyxl
 
@@ -105,8 +136,13 @@ def read_table(path: Path, required: tuple[str, ...] = ("subject", "filename")) 
         rows = [[_cell_text(v) for v in row] for row in book.worksheets[0].iter_rows(values_only=True)]
         book.close()
     else:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [[_cell_text(v) for v in row] for row in csv.reader(f)]
+        text, used = read_text(path)
+        if encoding is not None:
+            encoding.append(used)
+        try:
+            rows = [[_cell_text(v) for v in row] for row in csv.reader(io.StringIO(text, newline=""))]
+        except csv.Error as exc:
+            raise SlsttError(f"{path}: not a readable CSV ({exc}); save it as CSV UTF-8") from None
     for h, header in enumerate(rows):
         keys = [_header_key(c) for c in header]
         if all(r in keys for r in required):
@@ -131,7 +167,11 @@ def _rows_from_annotations(path: Path, dataset: str, normalize_subject: Callable
     problems: list[Problem] = []
     errata: list[dict[str, str]] = []
     seen: dict[tuple[str, str], _Row] = {}
-    for number, rec in read_table(path):
+    encoding: list[str] = []
+    table = read_table(path, encoding=encoding)
+    if encoding and encoding[0] != "utf-8":
+        errata.append(_erratum(dataset, "*", f"{path.name} is {encoding[0]}, not UTF-8", "read as " + encoding[0]))
+    for number, rec in table:
         where = f"{path.name}:{number}"
         try:
             subject, clip = normalize_subject(rec["subject"]), rec["filename"]
@@ -166,7 +206,13 @@ def _rows_from_annotations(path: Path, dataset: str, normalize_subject: Callable
 
 
 def _frame_or_none(text: str) -> int | None:
-    return None if text.lower() in UNKNOWN_FRAME else int(float(text))
+    """None for an unknown frame ('/', '-', empty), else an integral frame number (ValueError otherwise)."""
+    if text.lower() in UNKNOWN_FRAME:
+        return None
+    value = float(text)
+    if not (math.isfinite(value) and value.is_integer()):
+        raise ValueError(f"{text!r} is not a whole frame number")
+    return int(value)
 
 
 def _erratum(dataset: str, clip: str, issue: str, fix: str) -> dict[str, str]:
@@ -321,8 +367,16 @@ def _build(rows: list[_Row], scheme: ClassScheme, problems: list[Problem], errat
         if row.clip_dir is None or not row.clip_dir.is_dir():
             problems.append(Problem("missing_clip", key, f"clip folder {row.clip_dir} not found"))
             continue
-        on_disk = list_frames(row.clip_dir)
         onset, apex, offset = row.onset, row.apex, row.offset
+        if (onset is not None and onset < 0) or (offset is not None and offset < 0):
+            problems.append(Problem("bad_annotation", key, f"negative frame number (onset {onset}, offset {offset}); "
+                                    f"{row.where}"))
+            continue
+        if apex is not None and apex < 0:  # -1 is SAMM's 'not coded'
+            errata.append(_erratum(row.dataset, f"{subject}/{row.clip}", f"apex {apex} (negative)",
+                                   "apex None -> cfg.apex_policy"))
+            apex = None
+        on_disk = list_frames(row.clip_dir)
         if (onset is None or offset is None) and on_disk:  # '/' onset or offset: the clip's first/last frame
             onset = min(on_disk) if onset is None else onset
             offset = max(on_disk) if offset is None else offset
@@ -366,8 +420,9 @@ def _load_megc2019(root: Path, annotations: str | Path | None, scheme: ClassSche
         raise SlsttError(f"megc2019: data root {root} does not exist; pass --data-root <folder>")
     gt_path = _annotations("megc2019", root, root, annotations)
     assert gt_path is not None
-    with open(gt_path, newline="", encoding="utf-8-sig") as f:
-        gt = [(i, [_cell_text(c) for c in row]) for i, row in enumerate(csv.reader(f), start=1) if any(_cell_text(c) for c in row)]
+    text, _ = read_text(gt_path)
+    gt = [(i, [_cell_text(c) for c in row]) for i, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1)
+          if any(_cell_text(c) for c in row)]
     problems: list[Problem] = []
     errata: list[dict[str, str]] = []
     coded: dict[str, dict[tuple[str, str], _Row]] = {}
@@ -421,17 +476,38 @@ def _load_manifest(path: Path, scheme: str | ClassScheme | None) -> DatasetTable
     if not path.is_file():
         raise SlsttError(f"manifest: {path} not found; pass the manifest CSV with --data-root or --annotations")
     rows, problems = [], []
-    for number, rec in read_table(path, required=("dataset", "subject", "clip", "framesdir")):
+    errata: list[dict[str, str]] = []
+    encoding: list[str] = []
+    seen: dict[tuple[str, str, str], _Row] = {}
+    for number, rec in read_table(path, required=("dataset", "subject", "clip", "framesdir"), encoding=encoding):
         where = f"{path.name}:{number}"
         try:
-            rows.append(_Row(rec["dataset"], rec["subject"], rec["clip"], _frame_or_none(rec["onset"]),
-                             _frame_or_none(rec.get("apex", "")), _frame_or_none(rec["offset"]),
-                             rec["label"], float(rec["fps"]), where,
-                             Path(os.path.normpath(path.parent / rec["framesdir"]))))
+            row = _Row(rec["dataset"], rec["subject"], rec["clip"], _frame_or_none(rec["onset"]),
+                       _frame_or_none(rec.get("apex", "")), _frame_or_none(rec["offset"]),
+                       rec["label"], float(rec["fps"]), where,
+                       Path(os.path.normpath(path.parent / rec["framesdir"])))
         except (KeyError, ValueError) as exc:
             problems.append(Problem("bad_annotation", where, f"bad manifest row ({exc}); columns: {','.join(MANIFEST_COLUMNS)}"))
+            continue
+        if not (math.isfinite(row.fps) and 0 < row.fps <= 10000):
+            problems.append(Problem("bad_annotation", where, f"fps {rec['fps']!r} of {row.subject}/{row.clip} must be a "
+                                    "finite number in (0, 10000]; row skipped"))
+            continue
+        ident = (row.dataset, row.subject, row.clip)
+        previous = seen.get(ident)
+        if previous is not None:  # the same clip twice would be trained on twice
+            if (previous.onset, previous.apex, previous.offset, previous.raw_label, previous.fps, previous.clip_dir) == (
+                    row.onset, row.apex, row.offset, row.raw_label, row.fps, row.clip_dir):
+                errata.append(_erratum(row.dataset, f"{row.subject}/{row.clip}", f"duplicate row {where}", "dropped"))
+            else:
+                problems.append(Problem("duplicate", where, f"{'/'.join(ident)} listed again, differently "
+                                        f"(first at {previous.where}); later row skipped"))
+            continue
+        seen[ident] = row
+        rows.append(row)
+    if encoding and encoding[0] != "utf-8":
+        errata.append(_erratum("manifest", "*", f"{path.name} is {encoding[0]}, not UTF-8", "read as " + encoding[0]))
     chosen = _infer_manifest_scheme(rows) if scheme is None else _scheme("", scheme)
-    errata: list[dict[str, str]] = []
     return DatasetTable(_build(rows, chosen, problems, errata), chosen, problems, errata)
 
 

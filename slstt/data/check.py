@@ -90,3 +90,55 @@ def print_report(report: CheckReport, console=None) -> None:
         if keys:
             console.print(f"[yellow]warning: no face found in {len(keys)} sample(s) in cache {key}, "
                           f"e.g. {keys[0]}; they are left out of training[/yellow]")
+
+
+# ---------------------------------------------------------------- MEGC long videos (casme_sq, samm_lv)
+
+# Problems after which an annotated interval is not used (the others are repaired and kept).
+LONG_SKIPPING = ("bad_annotation", "missing_video", "unknown_video", "missing_frames")
+
+
+@dataclass
+class LongVideoCheck:
+    dataset: str
+    counts: dict[str, int]  # videos, subjects, micro, macro, frames, missing_frames, problems
+    problems_by_kind: dict[str, int]
+    first_problem: dict[str, Problem]
+
+    @property
+    def ok(self) -> bool:
+        return self.counts["videos"] > 0 and not any(k in LONG_SKIPPING for k in self.problems_by_kind)
+
+    def error_lines(self) -> list[str]:
+        lines = [] if self.counts["videos"] else ["no long videos found; check --dataset and --data-root"]
+        for kind, count in self.problems_by_kind.items():
+            if kind in LONG_SKIPPING:
+                p = self.first_problem[kind]
+                lines.append(f"{kind}: {count} annotation row(s) or video(s) skipped, e.g. {p.where}: {p.message}")
+        return lines
+
+
+def check_long_videos(table) -> LongVideoCheck:  # table: slstt.data.longvideo.LongVideoTable
+    first: dict[str, Problem] = {}
+    for p in table.problems:
+        first.setdefault(p.kind, p)
+    return LongVideoCheck(table.dataset, table.counts(), table.problem_counts(), first)
+
+
+def print_long_report(report: LongVideoCheck, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    summary = Table(title=f"{report.dataset}: {report.counts['videos']} long videos, {report.counts['subjects']} subjects")
+    summary.add_column("what")
+    summary.add_column("count", justify="right")
+    for name in ("videos", "subjects", "micro", "macro", "frames", "missing_frames", "problems"):
+        summary.add_row(name.replace("_", " "), str(report.counts[name]))
+    for kind, count in report.problems_by_kind.items():
+        colour = "red" if kind in LONG_SKIPPING else "yellow"
+        summary.add_row(f"[{colour}]{'skipped' if kind in LONG_SKIPPING else 'noted'}: {kind}[/{colour}]", str(count))
+    console.print(summary)
+    for kind, p in report.first_problem.items():
+        if kind not in LONG_SKIPPING:
+            console.print(f"note: {kind}: {report.problems_by_kind[kind]}x, e.g. {p.where}: {p.message}", soft_wrap=True)

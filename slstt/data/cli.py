@@ -3,6 +3,8 @@ and the two builders below are shared with `slstt train` so both take the same d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -79,6 +81,37 @@ def load_table(dataset: str, data_root: Path, annotations: Path | None = None,
     return table
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` flushes before the exit."""
+
+
+@contextmanager
+def signals_to_exit_codes(kept: str) -> Iterator[None]:
+    """Ctrl-C -> exit 130, SIGTERM -> exit 143 (what a shell or a supervisor expects), each after
+    every `finally` inside ran (workers stopped, files flushed); `kept` says what a re-run resumes from."""
+    import signal
+    import threading
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not break the flush
+        raise Terminated()
+
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except Terminated:
+        typer.echo(f"terminated: {kept}; re-run to resume", err=True)
+        raise typer.Exit(143) from None
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {kept}; re-run to resume", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
 def prepare_command(
     dataset: str = DATASET_OPTION,
     data_root: Path = DATA_ROOT_OPTION,
@@ -107,7 +140,8 @@ def prepare_command(
     table = load_table(dataset, data_root, annotations, scheme)
     for kind, count in table.problem_counts().items():
         typer.echo(f"warning: {count} sample(s) skipped: {kind} (see `slstt data check`)", err=True)
-    report = prepare_samples(table.samples, cfg, cache_dir, workers=workers, face_model=face_model)
+    with signals_to_exit_codes(f"workers stopped, finished samples are kept in {cache_dir}"):
+        report = prepare_samples(table.samples, cfg, cache_dir, workers=workers, face_model=face_model)
     typer.echo(f"prepared {report.done}, reused {report.reused}, failed {len(report.failed)} -> {report.cache_dir}")
     for key, message in report.failed[:5]:
         typer.echo(f"failed: {key}: {message}", err=True)
@@ -120,20 +154,27 @@ data_app = typer.Typer(help="Inspect data sets (slstt data check).", no_args_is_
 
 @data_app.command("check")
 def check_command(
-    dataset: str = DATASET_OPTION,
+    dataset: str = typer.Option(..., "--dataset", "-d", help="casme2 | samm | smic | megc2019 | manifest, or the MEGC "
+                                "long videos casme_sq (CAS(ME)^2) | samm_lv (SAMM Long Videos)"),
     data_root: Path = DATA_ROOT_OPTION,
     annotations: Optional[Path] = ANNOTATIONS_OPTION,  # noqa: UP045
     scheme: Optional[str] = SCHEME_OPTION,  # noqa: UP045
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Also report the prepare cache (faces not found)."),  # noqa: UP045
 ) -> None:
-    """Counts per class, subject and data set; skipped samples by kind; faces not found. Exit 1 on problems."""
+    """Counts per class, subject and data set; skipped samples by kind; faces not found. Exit 1 on problems.
+    Long videos (casme_sq, samm_lv): videos, subjects, micro/macro intervals, frames, missing frames, problems."""
     from slstt.data.adapters import load_dataset
-    from slstt.data.check import check_dataset, print_report
+    from slstt.data.check import check_dataset, check_long_videos, print_long_report, print_report
+    from slstt.data.longvideo import LONG_DATASETS, load_long_videos
 
-    table = load_dataset(dataset, data_root, annotations, scheme)
-    report = check_dataset(table, cache_dir)
-    print_report(report)
-    lines = report.error_lines()
+    if dataset.lower() in LONG_DATASETS:  # MEGC long videos: intervals, not clips
+        long_report = check_long_videos(load_long_videos(dataset, data_root, annotations))
+        print_long_report(long_report)
+        lines = long_report.error_lines()
+    else:
+        report = check_dataset(load_dataset(dataset, data_root, annotations, scheme), cache_dir)
+        print_report(report)
+        lines = report.error_lines()
     for line in lines:
         typer.echo(f"error: {line}", err=True)
     if lines:

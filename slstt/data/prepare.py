@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,17 +99,61 @@ def read_failures(cache_dir: str | Path, cfg: PreprocessConfig, face_sha: str | 
 # ---------------------------------------------------------------- one sample (in a worker or in-process)
 
 _landmarker = None  # one FaceLandmarker per worker process
+_init_error: str | None = None  # why this worker has no landmarker (each of its samples fails with it)
 
 
-def _init_worker(face_model: str | None, threads: int | None) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker never outlives `slstt prepare`, whatever kills it (kill -9 included): an orphan would
+    hold ~180 MB, the resource tracker and the parent's stdout (so `slstt prepare | cat` would hang).
+    Linux: the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG); everywhere: a thread
+    polls the parent pid, which also covers a parent that died before prctl took effect."""
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    if hasattr(signal, "pthread_sigmask"):  # the parent blocks them while it starts the pool (_run_pool)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # the poller below still applies
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _init_worker(face_model: str | None, threads: int | None, parent_pid: int | None = None) -> None:
     global _landmarker
     import cv2
 
     from slstt.preprocess.face import FaceLandmarker
 
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     if threads is not None:
         cv2.setNumThreads(threads)  # worker processes share the cores; no nested threading
-    _landmarker = FaceLandmarker(face_model)
+    if parent_pid is None:
+        _landmarker = FaceLandmarker(face_model)
+        return
+    global _init_error
+    try:
+        _landmarker = FaceLandmarker(face_model)
+    except Exception as exc:  # noqa: BLE001 - a pool respawns a worker whose initializer raises, forever
+        _init_error = f"face model could not be loaded in a worker: {first_line(exc, 300)}"
 
 
 def _close_worker() -> None:
@@ -124,6 +169,8 @@ def _prepare_one(sample: Sample, cfg_dict: dict, path: str) -> tuple[str, str | 
 
     from slstt.preprocess.pipeline import clip_to_flow_images
 
+    if _init_error is not None:
+        return sample.key, _init_error
     cfg = PreprocessConfig.from_dict(cfg_dict)
     try:
         clip = clip_to_flow_images(sample.load_frame, len(sample.frames), sample.onset, sample.apex, sample.offset,
@@ -183,17 +230,44 @@ def prepare_samples(samples: list[Sample], cfg: PreprocessConfig, cache_dir: str
                         bar.advance(task)
                 finally:
                     _close_worker()
-            else:
-                import multiprocessing
-                from concurrent.futures import ProcessPoolExecutor, as_completed
-
-                context = multiprocessing.get_context("spawn")  # mediapipe and fork do not mix
-                with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                         initargs=(model, 1)) as pool:
-                    futures = [pool.submit(_prepare_one, sample, cfg.to_dict(), path) for sample, path in todo]
-                    for future in as_completed(futures):
-                        record(*future.result())
-                        bar.advance(task)
-    finally:  # also after Ctrl-C: what was written stays valid, failures are kept
+            elif todo:
+                _run_pool(todo, cfg, model, workers, record, lambda: bar.advance(task))
+    finally:  # also after Ctrl-C / SIGTERM: what was written stays valid, failures are kept
         atomic_write_json(folder / "failures.json", dict(sorted(failures.items())))
     return report
+
+
+def _prepare_task(args: tuple[Sample, dict, str]) -> tuple[str, str | None]:
+    return _prepare_one(*args)
+
+
+def _run_pool(todo: list[tuple[Sample, str]], cfg: PreprocessConfig, model: str | None, workers: int,
+              record: Callable[[str, str | None], None], advance: Callable[[], None]) -> None:
+    """Samples in worker processes. On Ctrl-C, SIGTERM or any error the workers are terminated at
+    once (queued samples are dropped, not waited for): every finished file is already in the cache,
+    so a re-run resumes."""
+    import multiprocessing
+    import os
+    import signal
+
+    context = multiprocessing.get_context("spawn")  # mediapipe and fork do not mix
+    # A signal in the middle of starting a worker would leave it half-started (a traceback on stderr):
+    # Ctrl-C / SIGTERM wait until the pool stands, then stop it (workers unblock them in _die_with_parent).
+    blocked = hasattr(signal, "pthread_sigmask")
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if blocked else None
+    try:
+        pool = context.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(model, 1, os.getpid()))
+    finally:
+        if old_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    try:
+        tasks = [(sample, cfg.to_dict(), path) for sample, path in todo]
+        for key, message in pool.imap_unordered(_prepare_task, tasks):
+            record(key, message)
+            advance()
+        pool.close()
+    except BaseException:
+        pool.terminate()  # SIGTERM to every worker now
+        raise
+    finally:
+        pool.join()

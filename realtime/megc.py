@@ -1,0 +1,340 @@
+"""`slstt spot-long`: the MEGC long-video spotting benchmarks (CAS(ME)^2, SAMM Long Videos).
+
+Every long video is streamed frame by frame through the live pipeline's causal spotter at the data
+set's frame rate (30 or 200 fps), and its spotted intervals are scored with the MEGC 2020/2021 rule
+(slstt.data.longvideo.score_megc) beside the published MEGC 2020 baseline (MDMD).
+
+Out folder: run.json (what was run), videos/<subject>__<video>.json (one record per finished video,
+written atomically: a re-run resumes at the first unfinished video), predictions.csv, per_video.csv
+and results.json (written atomically at the end). Only typer/stdlib at import time."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+from slstt.data.cli import FACE_MODEL_OPTION
+
+if TYPE_CHECKING:
+    from slstt.data.longvideo import LongVideo, LongVideoTable, MegcScore
+
+RECORD_VERSION = 1
+PREDICTION_COLUMNS = ["video", "subject", "kind", "onset", "apex", "offset", "onset_s", "offset_s", "score"]
+PER_VIDEO_COLUMNS = ["video", "subject", "frames", "face_frames", "unreadable_frames", "truth_micro", "truth_macro",
+                     "spotted_micro", "spotted_macro", "tp_micro", "tp_macro", "fp", "fn", "seconds"]
+
+
+@dataclass
+class VideoRecord:
+    """What one long video gave: spotted intervals in the data set's frame numbers."""
+
+    key: str
+    signature: str  # frames on disk + fps + spotter config: a changed input is recomputed
+    spotted: list[dict[str, Any]]  # {"kind", "onset", "apex", "offset", "onset_s", "offset_s", "score"}
+    frames: int
+    face_frames: int
+    unreadable_frames: int
+    seconds: float
+    version: int = RECORD_VERSION
+
+    @classmethod
+    def read(cls, path: Path) -> VideoRecord | None:
+        """The record, or None when missing or damaged (then the video is streamed again)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            record = cls(**data)
+            if record.version != RECORD_VERSION or not isinstance(record.spotted, list):
+                return None
+            for s in record.spotted:
+                if s["kind"] not in ("micro", "macro") or int(s["onset"]) > int(s["offset"]):
+                    return None
+            return record
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+
+@dataclass
+class MegcRun:
+    dataset: str
+    videos: list[tuple[LongVideo, VideoRecord]] = field(default_factory=list)
+    resumed: int = 0
+
+    def predicted(self) -> dict[str, list[dict[str, Any]]]:
+        return {video.key: record.spotted for video, record in self.videos}
+
+    def truth(self) -> dict[str, list[Any]]:
+        return {video.key: list(video.intervals) for video, _ in self.videos}
+
+    def score(self) -> MegcScore:
+        from slstt.data.longvideo import score_megc
+
+        return score_megc(self.predicted(), self.truth())
+
+
+def _config_dict(config: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)  # type: ignore[arg-type]
+    return repr(config)
+
+
+def _signature(video: LongVideo, config_hash: str) -> str:
+    first, last = video.frame_numbers[0], video.frame_numbers[-1]
+    return f"{len(video.frames)}:{first}:{last}:{video.fps:g}:{config_hash}"
+
+
+def _record_path(out_dir: Path, video: LongVideo) -> Path:
+    return out_dir / "videos" / f"{video.subject}__{video.video}.json"
+
+
+def _event_frames(event: Any) -> tuple[int, int, int]:
+    """(onset, apex, offset) stream indices of a SpotEvent (onset_frame..., or onset... in a rewrite)."""
+    def get(name: str) -> int:
+        value = getattr(event, f"{name}_frame", None)
+        return int(getattr(event, name) if value is None else value)
+
+    return get("onset"), get("apex"), get("offset")
+
+
+def _resized(image: Any, max_side: int) -> Any:
+    import cv2
+
+    scale = max_side / max(image.shape[:2]) if max_side else 1.0
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 0, on_frame: Any = None) -> VideoRecord:
+    """Every frame of one long video through the causal spotter, in frame-number time: index
+    n - first frame, t = index / fps (a missing frame number leaves a gap in time, as it was filmed).
+    Frames larger than `max_side` are scaled down first (SAMM's 2040x1088 frames at 200 fps would
+    fill gigabytes of frame buffer; the spotter works on a small face crop anyway)."""
+    import time
+
+    import cv2
+
+    from slstt.realtime.pipeline import LivePipeline
+
+    first = video.frame_numbers[0]
+    events: list[Any] = []
+    unreadable = 0
+    started = time.perf_counter()
+    pipe = LivePipeline(config, model=None)
+    try:
+        pipe.start(video.fps)
+        for number, path in zip(video.frame_numbers, video.frames, strict=True):
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # SAMM's grayscale frames come back as BGR
+            if image is None:
+                unreadable += 1  # a damaged frame is a dropped frame, counted in the record
+            else:
+                index = number - first
+                events += pipe.process(_resized(image, max_side), index / video.fps, index)
+            if on_frame is not None:
+                on_frame()
+        events += pipe.finish()
+        face_frames = int(getattr(getattr(pipe, "stats", None), "face_frames", 0))
+    finally:
+        pipe.close()
+    spotted = []
+    for ev in events:
+        if ev.kind not in ("micro", "macro"):  # MEGC scores these two kinds only
+            continue
+        onset, apex, offset = _event_frames(ev)
+        spotted.append({"kind": str(ev.kind), "onset": onset + first, "apex": apex + first, "offset": offset + first,
+                        "onset_s": round(onset / video.fps, 4), "offset_s": round(offset / video.fps, 4),
+                        "score": round(float(getattr(ev, "score", 0.0)), 4)})
+    spotted.sort(key=lambda s: (s["onset"], s["offset"]))
+    return VideoRecord(video.key, signature, spotted, len(video.frames), face_frames, unreadable,
+                       round(time.perf_counter() - started, 3))
+
+
+def _check_run(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """An out folder of another run (other data set, annotations or spotter) is never mixed in."""
+    from slstt.errors import SlsttError
+    from slstt.io import atomic_write_json
+
+    run_path = out_dir / "run.json"
+    if run_path.is_file() and not overwrite:
+        try:
+            earlier = json.loads(run_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            earlier = None
+        if earlier != identity:
+            raise SlsttError(f"--out {out_dir} holds results of another spot-long run (other data, annotations or "
+                             "spotter settings); pass a new --out, or --overwrite to replace them")
+    if overwrite:
+        for old in (out_dir / "videos").glob("*.json"):
+            old.unlink()
+    atomic_write_json(run_path, identity)
+
+
+def run_megc(table: LongVideoTable, out_dir: Path, config: Any, identity: dict[str, Any], *, overwrite: bool = False,
+             max_side: int = 0, progress: bool = True) -> MegcRun:
+    """Stream every video not already recorded in out_dir; write each record as it finishes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from slstt.config import config_hash
+    from slstt.io import atomic_write_json
+
+    _check_run(out_dir, identity, overwrite)
+    chash = config_hash({"live": _config_dict(config), "max_side": max_side})
+    run = MegcRun(table.dataset)
+    todo = []
+    for video in table.videos:
+        signature = _signature(video, chash)
+        record = VideoRecord.read(_record_path(out_dir, video))
+        if record is not None and record.signature == signature and record.key == video.key:
+            run.videos.append((video, record))
+            run.resumed += 1
+        else:
+            todo.append((video, signature))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress or not todo) as bar:
+        videos_task = bar.add_task("videos", total=len(todo))
+        for video, signature in todo:
+            frames_task = bar.add_task(f"  {video.key}", total=len(video.frames))
+            record = stream_video(video, config, signature, max_side, on_frame=lambda t=frames_task: bar.advance(t))
+            atomic_write_json(_record_path(out_dir, video), record.__dict__)
+            run.videos.append((video, record))
+            bar.remove_task(frames_task)
+            bar.advance(videos_task)
+    order = {v.key: i for i, v in enumerate(table.videos)}
+    run.videos.sort(key=lambda pair: order[pair[0].key])
+    return run
+
+
+def _csv(columns: list[str], rows: list[list[Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_results(run: MegcRun, out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """predictions.csv, per_video.csv and results.json (atomic), from the per-video records."""
+    from slstt.data.longvideo import MEGC2020_BASELINE, score_megc
+    from slstt.io import atomic_write_json, atomic_write_text
+    from slstt.provenance import git_revision, package_versions
+
+    predictions, per_video = [], []
+    for video, record in run.videos:
+        for s in record.spotted:
+            predictions.append([video.key, video.subject, s["kind"], s["onset"], s["apex"], s["offset"],
+                                s["onset_s"], s["offset_s"], s["score"]])
+        one = score_megc({video.key: record.spotted}, {video.key: video.intervals})
+        truth = [iv.kind for iv in video.intervals]
+        spotted = [s["kind"] for s in record.spotted]
+        per_video.append([video.key, video.subject, record.frames, record.face_frames, record.unreadable_frames,
+                          truth.count("micro"), truth.count("macro"), spotted.count("micro"), spotted.count("macro"),
+                          one.micro.tp, one.macro.tp, one.overall.fp, one.overall.fn, record.seconds])
+    score = run.score()
+    results = {
+        "dataset": run.dataset, **identity, "videos": len(run.videos),
+        "frames": sum(r.frames for _, r in run.videos), "face_frames": sum(r.face_frames for _, r in run.videos),
+        "rule": "MEGC 2020/2021: TP when IoU >= 0.5 with a same-kind ground-truth interval of the same video, "
+                "one-to-one; overall pools micro and macro",
+        "score": score.to_dict(), "baseline": MEGC2020_BASELINE[run.dataset],
+        "versions": package_versions(), "git": git_revision(),
+    }
+    atomic_write_text(out_dir / "predictions.csv", _csv(PREDICTION_COLUMNS, predictions))
+    atomic_write_text(out_dir / "per_video.csv", _csv(PER_VIDEO_COLUMNS, per_video))
+    atomic_write_json(out_dir / "results.json", results)
+    return results
+
+
+def print_per_video(path: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    table = Table(title="per video (truth / spotted / TP per kind)")
+    for name in ("video", "frames", "face %", "micro", "macro", "FP", "FN"):
+        table.add_column(name, justify="left" if name == "video" else "right")
+    for r in rows:
+        face = 100.0 * int(r["face_frames"]) / max(1, int(r["frames"]))
+        table.add_row(r["video"], r["frames"], f"{face:.0f}",
+                      f"{r['truth_micro']} / {r['spotted_micro']} / {r['tp_micro']}",
+                      f"{r['truth_macro']} / {r['spotted_macro']} / {r['tp_macro']}", r["fp"], r["fn"])
+    Console().print(table)
+
+
+def print_results(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    base = results["baseline"]
+    table = Table(title=f"MEGC spotting on {results['dataset']}: {results['videos']} videos, {results['frames']} frames")
+    for name in ("kind", "TP", "FP", "FN", "precision", "recall", "F1", f"F1 {base['method']}"):
+        table.add_column(name, justify="left" if name == "kind" else "right")
+    for kind in ("micro", "macro", "overall"):
+        s = results["score"][kind]
+        table.add_row(kind, str(s["tp"]), str(s["fp"]), str(s["fn"]), f"{s['precision']:.4f}", f"{s['recall']:.4f}",
+                      f"{s['f1']:.4f}", f"{base[kind]:.4f}")
+    Console().print(table)
+
+
+def spot_long_command(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="casme_sq (CAS(ME)^2, 30 fps) | samm_lv (SAMM Long Videos, 200 fps)"),
+    data_root: Path = typer.Option(..., "--data-root", help="Folder holding the release (rawpic/ or SAMM_longvideos/ and the xlsx)."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="CAS(ME)^2code_final.xlsx or SAMM_LongVideos_V3_Release.xlsx (found in --data-root when omitted)."),  # noqa: UP045
+    out: Path = typer.Option(Path("spot_long"), "--out", help="Results folder (resumes an unfinished run of the same settings)."),
+    face_model: Optional[Path] = FACE_MODEL_OPTION,  # noqa: UP045
+    videos: Optional[str] = typer.Option(None, "--videos", help="Only videos whose subject/video key contains one of these comma-separated texts."),  # noqa: UP045
+    max_side: int = typer.Option(640, "--max-side", help="Scale frames down to this longest side first (0: as "
+                                 "released; SAMM's frames are 2040x1088)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results of another run in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Stream every MEGC long video through the causal spotter and report the MEGC spotting scores
+    (micro, macro, overall: TP/FP/FN, precision, recall, F1) beside the MEGC 2020 baseline."""
+    from slstt.data.cli import check_input_file, check_output_dir, signals_to_exit_codes
+    from slstt.data.longvideo import LONG_DATASETS, load_long_videos
+    from slstt.errors import SlsttError
+    from slstt.realtime.pipeline import LiveConfig
+
+    if dataset.lower() not in LONG_DATASETS:
+        raise SlsttError(f"--dataset {dataset!r}: choose one of {', '.join(LONG_DATASETS)}")
+    if max_side != 0 and not 64 <= max_side <= 8192:
+        raise SlsttError(f"--max-side must be 0 (no scaling) or 64..8192 px, got {max_side}")
+    check_output_dir(out, "--out")
+    check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
+    table = load_long_videos(dataset, data_root, annotations)
+    if videos:
+        wanted = [w.strip() for w in videos.split(",") if w.strip()]
+        table.videos = [v for v in table.videos if any(w in v.key for w in wanted)]
+    if not table.videos:
+        raise SlsttError(f"{dataset}: no long video to stream under {data_root}" + (f" matching --videos {videos}" if videos else ""))
+    inputs = {Path(data_root).resolve(), *(Path(f).resolve().parent for v in table.videos[:1] for f in v.frames[:1])}
+    if out.resolve() in inputs:
+        raise SlsttError(f"--out {out} is the data folder; pass a separate results folder")
+    for kind, count in table.problem_counts().items():
+        typer.echo(f"warning: {count} annotation problem(s): {kind} (see `slstt data check --dataset {dataset}`)", err=True)
+    config = LiveConfig()
+    if face_model is not None:
+        if not hasattr(config, "face_model"):
+            raise SlsttError("--face-model: this spotter takes no face model option; leave it out")
+        config.face_model = str(face_model)
+    identity = {"dataset": table.dataset, "data_root": str(Path(data_root).resolve()),
+                "annotations": str(table.annotations.resolve()) if table.annotations else None,
+                "videos_selected": sorted(v.key for v in table.videos), "max_side": max_side,
+                "live_config": _config_dict(config)}
+    identity = json.loads(json.dumps(identity, default=str))  # the form run.json holds
+    with signals_to_exit_codes(f"finished videos are kept in {out / 'videos'}"):
+        run = run_megc(table, out, config, identity, overwrite=overwrite, max_side=max_side, progress=progress)
+    results = write_results(run, out, identity)
+    if run.resumed:
+        typer.echo(f"resumed: {run.resumed} video(s) taken from {out / 'videos'}", err=True)
+    print_per_video(out / "per_video.csv")
+    print_results(results)
+    typer.echo(f"results: {out / 'results.json'}, {out / 'per_video.csv'}, {out / 'predictions.csv'}")
