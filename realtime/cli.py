@@ -3,9 +3,11 @@ before mediapipe/onnxruntime load, so a missing camera fails in well under 3 s."
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,28 @@ def _echo(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _check_number(option: str, value: float | None, low: float, high: float, *, low_open: bool = False) -> None:
+    """Finite and in [low, high] (or (low, high] with low_open); one line naming the option otherwise."""
+    from slstt.errors import SlsttError
+
+    if value is None:
+        return
+    bad = not math.isfinite(value) or value > high or value < low or (low_open and value == low)
+    if bad:
+        above = f"above {low:g}" if low_open else f"at least {low:g}"
+        raise SlsttError(f"{option} {value:g}: give a finite number {above} and at most {high:g}")
+
+
+def _check_int(option: str, value: int | None, low: int, high: int) -> None:
+    from slstt.errors import SlsttError
+
+    if value is not None and not low <= value <= high:
+        raise SlsttError(f"{option} {value}: give a whole number from {low} to {high}")
+
+
+MAX_MICRO_LIMIT_MS = 2000.0  # the frame ring holds 3 s: a micro event and its context must fit
+
+
 def _live_config(threshold_k: float | None, min_micro_ms: float | None, max_micro_ms: float | None,
                  calibrate: float, landmark_every: int, face_model: Path | None, device: str) -> Any:
     from slstt.errors import SlsttError
@@ -36,9 +60,14 @@ def _live_config(threshold_k: float | None, min_micro_ms: float | None, max_micr
 
     if device not in DEVICES:
         raise SlsttError(f"--device {device!r}: choose {', '.join(DEVICES)}")
-    if landmark_every < 1:
-        raise SlsttError(f"--landmark-every must be >= 1, got {landmark_every}")
-    spot = SpotterConfig(calibrate_s=max(0.0, calibrate))
+    _check_number("--calibrate", calibrate, 0.0, 3600.0)
+    _check_number("--threshold-k", threshold_k, 0.0, 1000.0, low_open=True)
+    _check_number("--min-micro-ms", min_micro_ms, 0.0, MAX_MICRO_LIMIT_MS, low_open=True)
+    _check_number("--max-micro-ms", max_micro_ms, 0.0, MAX_MICRO_LIMIT_MS, low_open=True)
+    _check_int("--landmark-every", landmark_every, 1, 1000)
+    if face_model is not None and not face_model.is_file():
+        raise SlsttError(f"--face-model {face_model}: file not found; pass a MediaPipe .task file or leave it out")
+    spot = SpotterConfig(calibrate_s=calibrate)
     if threshold_k is not None:
         spot.threshold_k = threshold_k
     if min_micro_ms is not None:
@@ -68,16 +97,25 @@ def _event_line(ev: Any) -> str:
 
 
 class _GracefulStop:
-    """SIGINT/SIGTERM -> stop the source; the loop then flushes events and closes the recording."""
+    """SIGINT/SIGTERM -> stop the source; the loop then flushes events and closes the recording.
+    A second signal while stopping aborts at once (KeyboardInterrupt: exit 130)."""
 
     def __init__(self, stop: Any) -> None:
-        self.stop, self.signalled = stop, False
+        self.stop = stop
+        self.signum: int | None = None
         self._old = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handle)
 
+    @property
+    def signalled(self) -> bool:
+        return self.signum is not None
+
     def _handle(self, signum: int, frame: Any) -> None:
-        self.signalled = True
+        if self.signum is not None:
+            self.restore()
+            raise KeyboardInterrupt
+        self.signum = signum
         self.stop()
 
     def restore(self) -> None:
@@ -85,13 +123,29 @@ class _GracefulStop:
             signal.signal(sig, old)
 
 
+@dataclass
+class LiveOutcome:
+    events: int
+    signum: int | None = None  # the signal that stopped the run
+    failure: str | None = None  # why the source ended early (stream lost after the retries)
+
+    @property
+    def exit_code(self) -> int:
+        """0 finished, 3 stream lost, 128 + signal when stopped by one (130 SIGINT, 143 SIGTERM)."""
+        if self.signum is not None:
+            return 128 + self.signum
+        return 3 if self.failure else 0
+
+
 def run_live(source_spec: int | str, *, model: Path | None, config: Any, display: bool,
              events_path: Path | None, record: Path | None, paced: bool, max_seconds: float | None = None,
-             note: str | None = None) -> int:
-    """The live loop; returns the number of events. Used by `slstt live` and `slstt demo`."""
+             note: str | None = None, policy: Any = None) -> LiveOutcome:
+    """The live loop (`slstt live`). Output paths must have been checked (`slstt.io.check_output`)."""
     from slstt.realtime.capture import VideoSource
 
-    source = VideoSource(source_spec, pace=paced, buffer_s=config.buffer_s)  # fails fast, before heavy imports
+    warn = lambda message: _echo(f"warning: {message}")  # noqa: E731
+    source = VideoSource(source_spec, pace=paced, buffer_s=config.buffer_s, policy=policy,
+                         on_message=warn)  # fails fast, before heavy imports
     stopper = _GracefulStop(source.stop)
     if note:
         _echo(note)
@@ -104,16 +158,18 @@ def run_live(source_spec: int | str, *, model: Path | None, config: Any, display
         from slstt.realtime.overlay import open_writer, render
         from slstt.realtime.pipeline import LivePipeline
 
-        # output paths first: a bad --events/--record fails in one line before the models load
+        # output files first: a bad --events/--record fails in one line before the models load
         log = EventLog(events_path)
-        writer = open_writer(record, source.fps, (source.width, source.height)) if record else None
+        writer = open_writer(record, source.fps, (source.width, source.height), drop_when_full=True) \
+            if record else None
         config.keep_history = False  # hours of live video: only the overlay's trace is kept
-        pipe = LivePipeline(config, model=model, on_warning=lambda m: _echo(f"warning: {m}"))
+        pipe = LivePipeline(config, model=model, on_warning=warn)
         pipe.start(source.fps)
         mode = f"model {model.name} ({', '.join(pipe.recognizer.providers)})" if pipe.recognizer else \
             "spotting only (no --model)"
         _echo(f"live: {source_spec if isinstance(source_spec, str) else f'camera {source_spec}'} "
-              f"{source.width}x{source.height} @ {source.fps:g} fps, {mode}; Ctrl-C to stop")
+              f"{source.width}x{source.height} @ {source.fps:g} fps, {mode}; Ctrl-C to stop"
+              + (f"; recording with {writer.backend}" if writer is not None else ""))
         display_skipped = 0
         window = "slstt live"
 
@@ -122,6 +178,13 @@ def run_live(source_spec: int | str, *, model: Path | None, config: Any, display
                 log.write(ev)
                 _echo(_event_line(ev))
 
+        def on_gap(gap: Any) -> None:
+            emit(pipe.finish())  # events from before the gap first: the file stays in time order
+            log.write_gap(gap)
+            if gap.end_s is not None:
+                pipe.start(source.fps)  # fresh spotter: the jump across the gap is not an expression
+
+        source.on_gap = on_gap
         for frame in source.frames():
             emit(pipe.process(frame.image, frame.t, frame.index))
             show = display and source.backlog <= 2  # analysis first: no drawing while frames queue up
@@ -130,7 +193,7 @@ def run_live(source_spec: int | str, *, model: Path | None, config: Any, display
             if show or writer is not None:
                 annotated = render(frame.image, pipe, dropped=source.dropped, display_skipped=display_skipped)
                 if writer is not None:
-                    writer.write(annotated)  # the recording keeps every frame
+                    writer.write(annotated)  # queued: the writer thread encodes
                 if show:
                     try:
                         cv2.imshow(window, annotated)
@@ -143,13 +206,25 @@ def run_live(source_spec: int | str, *, model: Path | None, config: Any, display
             if max_seconds is not None and frame.t >= max_seconds:
                 source.stop()
         emit(pipe.finish())
+        open_gap = source.unfinished_gap()
+        if open_gap is not None:
+            log.write_gap(open_gap)
+        if writer is not None:
+            writer.release()
+            if writer.error:
+                warn(f"recording: {writer.error}")
         stats = pipe.stats
-        _echo(f"stopped{' (signal)' if stopper.signalled else ''}: {stats.frames} frames, "
+        how = " (signal)" if stopper.signum is not None else (" (stream lost)" if source.failure else "")
+        _echo(f"stopped{how}: {stats.frames} frames, "
               f"{stats.fps:.0f} fps analysis, {stats.micro} micro / {stats.macro} macro events, "
               f"{source.dropped} dropped, {display_skipped} display frames skipped"
+              + (f", {len(source.gaps)} stream gap(s)" if source.gaps else "")
+              + (f", {writer.dropped} recording frames dropped" if writer is not None and writer.dropped else "")
               + (f"; events in {events_path}" if events_path else "")
-              + (f"; recording in {record}" if record else ""))
-        return stats.events
+              + (f"; recording in {record}" if record else "")
+              + (f"; exit {128 + stopper.signum} ({signal.Signals(stopper.signum).name})"
+                 if stopper.signum is not None else ""))
+        return LiveOutcome(stats.events, stopper.signum, source.failure)
     finally:
         stopper.restore()
         if log is not None:
@@ -168,24 +243,51 @@ def run_live(source_spec: int | str, *, model: Path | None, config: Any, display
             pipe.close()
 
 
+RECORD_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")  # = overlay.RECORD_FORMATS (checked here before any work)
+
+
+def _check_record_name(record: Path | None) -> None:
+    from slstt.errors import SlsttError
+
+    if record is not None and record.suffix.lower() not in RECORD_SUFFIXES:
+        raise SlsttError(f"--record {record}: name it .mp4 or .mkv (fragmented mp4 / Matroska stay playable "
+                         "after a crash)")
+
+
+def _file_inputs(*paths: Path | str | None) -> list[Path]:
+    """The given paths that are local files (not URLs or camera indices): outputs must not hit them."""
+    out = []
+    for p in paths:
+        if p is None or isinstance(p, int) or "://" in str(p):
+            continue
+        out.append(Path(p))
+    return out
+
+
 # Options shared by `live` and `analyze`: the same detector, so the same knobs and help.
 DEVICE_OPTION = typer.Option("auto", "--device", help=DEVICE_HELP)
-CALIBRATE_OPTION = typer.Option(0.0, "--calibrate", help="Seconds of neutral face first: sets the noise baseline.")
-THRESHOLD_K_OPTION = typer.Option(None, "--threshold-k", help="Threshold = median + k * MAD of recent motion (default 5).")
+CALIBRATE_OPTION = typer.Option(0.0, "--calibrate", help="Seconds of neutral face first: sets the noise baseline (0-3600).")
+THRESHOLD_K_OPTION = typer.Option(None, "--threshold-k", help="Threshold = median + k * MAD of recent motion "
+                                  "(> 0; default: the spotter's).")
 MIN_MICRO_OPTION = typer.Option(None, "--min-micro-ms", help="Shorter intervals are ignored (default 100).")
-MAX_MICRO_OPTION = typer.Option(None, "--max-micro-ms", help="Longer intervals are macro (default 500).")
-LANDMARK_EVERY_OPTION = typer.Option(3, "--landmark-every", help="Run the face landmarker every k-th frame.")
+MAX_MICRO_OPTION = typer.Option(None, "--max-micro-ms", help="Longer intervals are macro (default 500, at most 2000).")
+LANDMARK_EVERY_OPTION = typer.Option(3, "--landmark-every", help="Run the face landmarker every k-th frame (1-1000).")
+OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace output files left by an earlier run "
+                                "(never an input file).")
 
 
 def live_command(
-    camera: int | None = typer.Option(None, "--camera", help="Camera index (0 = first webcam)."),
+    camera: int | None = typer.Option(None, "--camera", help="Camera index 0-63 (0 = first webcam)."),
     video: Path | None = typer.Option(None, "--video", help="Video file, played at its own frame rate."),
-    source: str | None = typer.Option(None, "--source", help="Camera index, video file or stream URL (rtsp://, http://)."),
+    source: str | None = typer.Option(None, "--source", help="Camera index, video file or stream URL "
+                                      "(udp://, rtsp://, http://, tcp://, ...)."),
     model: Path | None = typer.Option(None, "--model", help="Exported model.onnx; without it only spotting runs."),
     device: str = DEVICE_OPTION,
     no_display: bool = typer.Option(False, "--no-display", help="Headless: no window."),
     events: Path | None = typer.Option(None, "--events", help="Write events here as JSONL (flushed per event)."),
-    record: Path | None = typer.Option(None, "--record", help="Write the annotated video here (mp4)."),
+    record: Path | None = typer.Option(None, "--record", help="Write the annotated video here (.mp4 or .mkv; "
+                                       "playable even after a crash)."),
+    overwrite: bool = OVERWRITE_OPTION,
     calibrate: float = CALIBRATE_OPTION,
     threshold_k: float | None = THRESHOLD_K_OPTION,
     min_micro_ms: float | None = MIN_MICRO_OPTION,
@@ -193,19 +295,67 @@ def live_command(
     landmark_every: int = LANDMARK_EVERY_OPTION,
     face_model: Path | None = FACE_MODEL_OPTION,
     fast: bool = typer.Option(False, "--fast", help="Video files: as fast as possible instead of real time."),
+    stall_timeout: float = typer.Option(5.0, "--stall-timeout", help="Cameras/streams: seconds without a frame "
+                                        "before the stream counts as stalled and is reopened (0.2-3600)."),
+    reconnect: int = typer.Option(5, "--reconnect", help="Cameras/streams: reopening attempts per stall, "
+                                  "waiting 1, 2, 4 .. 10 s between them (0-1000; 0 = stop at the first stall)."),
+    duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds of input."),
 ) -> None:
-    """Live micro-expression detector on a camera, video file or stream."""
-    from slstt.realtime.capture import resolve_source
+    """Live micro-expression detector on a camera, video file or stream.
 
+    Exit codes: 0 done, 2 bad input, 3 stream lost after --reconnect attempts, 130 Ctrl-C (SIGINT),
+    143 SIGTERM; events and the recording are complete in every case."""
+    from slstt.io import check_distinct_outputs, check_output
+    from slstt.realtime.capture import StreamLostError, StreamPolicy, resolve_source
+
+    _check_number("--stall-timeout", stall_timeout, 0.2, 3600.0)
+    _check_int("--reconnect", reconnect, 0, 1000)
+    _check_number("--duration", duration, 0.0, 1e7, low_open=True)
     spec = resolve_source(camera, str(video) if video is not None else None, source)
     config = _live_config(threshold_k, min_micro_ms, max_micro_ms, calibrate, landmark_every, face_model, device)
     _check_model(model)
+    inputs = _file_inputs(spec if isinstance(spec, str) else None, model, face_model)
+    if events is not None:
+        check_output(events, inputs=inputs, overwrite=overwrite, what="--events file")
+    if record is not None:
+        check_output(record, inputs=inputs, overwrite=overwrite, what="--record file")
+        _check_record_name(record)
+    check_distinct_outputs({"--events": events, "--record": record})
     display, note = not no_display, None
     if display and sys.platform.startswith("linux") and not os.environ.get("DISPLAY") \
             and not os.environ.get("WAYLAND_DISPLAY"):
         display, note = False, "note: no display ($DISPLAY unset); running headless as with --no-display"
-    run_live(spec, model=model, config=config, display=display, events_path=events, record=record,
-             paced=not fast, note=note)
+    outcome = run_live(spec, model=model, config=config, display=display, events_path=events, record=record,
+                       paced=not fast, note=note, max_seconds=duration,
+                       policy=StreamPolicy(stall_timeout_s=stall_timeout, reconnect=reconnect))
+    if outcome.signum is not None:
+        raise typer.Exit(outcome.exit_code)
+    if outcome.failure:
+        raise StreamLostError(outcome.failure)
+
+
+ANALYZE_OUTPUTS = ("events.jsonl", "events.csv", "timeline.png", "summary.json")  # what analyze writes in --out
+
+
+def check_analyze_outputs(out: Path, *, record: Path | None, inputs: list[Path], overwrite: bool,
+                          names: tuple[str, ...] = ANALYZE_OUTPUTS) -> None:
+    """--out may hold earlier results (`names`, the files written there) only with --overwrite; no
+    output may be an input, ever."""
+    from slstt.errors import SlsttError
+    from slstt.io import check_distinct_outputs, check_output
+
+    if out.exists() and not out.is_dir():
+        raise SlsttError(f"--out {out} is a file; pass a folder (it is created when missing)")
+    earlier = [name for name in names if (out / name).exists() or (out / name).is_symlink()]
+    for name in names:  # an input inside --out under an output's name: refused even with --overwrite
+        check_output(out / name, inputs=inputs, overwrite=True, what=f"--out {out}: output")
+    if earlier and not overwrite:
+        raise SlsttError(f"--out {out} holds results of an earlier run ({', '.join(earlier)}); pass --overwrite "
+                         "to replace them or choose another --out folder")
+    if record is not None:
+        check_output(record, inputs=inputs, overwrite=overwrite, what="--record file")
+        _check_record_name(record)
+        check_distinct_outputs({"--record": record, **{f"--out {name}": out / name for name in names}})
 
 
 def analyze_command(
@@ -214,7 +364,8 @@ def analyze_command(
     model: Path | None = typer.Option(None, "--model", help="Exported model.onnx to label micro events."),
     ground_truth: Path | None = typer.Option(None, "--ground-truth", help="Ground-truth CSV (synth .gt.csv form) to score against."),
     device: str = DEVICE_OPTION,
-    record: Path | None = typer.Option(None, "--record", help="Also write the annotated video."),
+    record: Path | None = typer.Option(None, "--record", help="Also write the annotated video (.mp4 or .mkv)."),
+    overwrite: bool = OVERWRITE_OPTION,
     calibrate: float = CALIBRATE_OPTION,
     threshold_k: float | None = THRESHOLD_K_OPTION,
     min_micro_ms: float | None = MIN_MICRO_OPTION,
@@ -229,6 +380,8 @@ def analyze_command(
     resolve_source(video=str(video))
     config = _live_config(threshold_k, min_micro_ms, max_micro_ms, calibrate, landmark_every, face_model, device)
     _check_model(model)
+    check_analyze_outputs(out, record=record, inputs=_file_inputs(video, model, ground_truth, face_model),
+                          overwrite=overwrite)
     result = analyze_video(video, out, model=model, ground_truth=ground_truth, config=config, record=record,
                            progress=sys.stderr.isatty(), on_warning=lambda m: _echo(f"warning: {m}"))
     if result.frames and not result.events and result.warnings:
@@ -245,5 +398,9 @@ def demo_command(
 ) -> None:
     """End-to-end demo with no camera and no data: synth, train, export, live on a video."""
     from slstt.realtime.demo import run_demo
+
+    _check_number("--seconds", seconds, 0.0, 3600.0, low_open=True)
+    _check_int("--seed", seed, 0, 2**32 - 1)
+    _check_int("--epochs", epochs, 1, 100_000)
 
     run_demo(out, seconds=seconds, seed=seed, epochs=epochs)

@@ -1,11 +1,15 @@
 """Spotted events and their sinks: JSONL flushed line by line as events close (a crash or a
-SIGTERM never leaves a half-written line), and a CSV table written atomically at the end."""
+SIGTERM never leaves a half-written line), and a CSV table written atomically at the end.
+
+The JSONL is strict JSON (NaN/inf are written as null). Besides events it may hold
+{"type": "gap", ...} records: a live stream that stalled and came back (or never did)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,16 +58,62 @@ class SpotEvent:
         return self.probabilities.get(self.label)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: rounded, and every NaN/inf (a degenerate score or probability) becomes None,
+        so the JSONL stays strict JSON."""
         data = asdict(self)
-        data["duration_ms"] = round(self.duration_ms, 1)
         for key in ("onset_s", "apex_s", "offset_s", "closed_s", "score", "threshold"):
-            data[key] = round(float(data[key]), 4)
-        data["regions"] = {k: round(float(v), 4) for k, v in self.regions.items()}
+            data[key] = _round(data[key], 4)
+        data["duration_ms"] = _round(self.duration_ms, 1)
+        data["regions"] = {k: _round(v, 4) for k, v in self.regions.items()}
         if self.probabilities is not None:
-            data["probabilities"] = {k: round(float(v), 5) for k, v in self.probabilities.items()}
+            data["probabilities"] = {k: _round(v, 5) for k, v in self.probabilities.items()}
         if self.recognition_latency_ms is not None:
-            data["recognition_latency_ms"] = round(self.recognition_latency_ms, 2)
+            data["recognition_latency_ms"] = _round(self.recognition_latency_ms, 2)
         return data
+
+
+@dataclass
+class GapRecord:
+    """A stretch of a live stream with no frames (a stall, then a reconnection or the end)."""
+
+    start_s: float  # stream time of the last frame before the gap
+    end_s: float | None  # stream time of the first frame after it; None: the stream never came back
+    reason: str
+    attempts: int = 0  # reconnection attempts made
+    last_frame: int = -1  # index of the last frame before the gap
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "gap", "start_s": _round(self.start_s, 3),
+                "end_s": None if self.end_s is None else _round(self.end_s, 3),
+                "duration_s": None if self.end_s is None else _round(self.end_s - self.start_s, 3),
+                "reason": self.reason, "attempts": self.attempts, "last_frame": self.last_frame}
+
+
+def _round(value: Any, digits: int) -> float | None:
+    """round(), with NaN/inf/None -> None (JSON has no NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return round(number, digits) if math.isfinite(number) else None
+
+
+def strict_json(obj: Any) -> str:
+    """One JSON line; NaN or inf anywhere is a bug upstream, written as null rather than a bare NaN."""
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:
+        return json.dumps(_nan_to_none(obj), allow_nan=False)
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
 
 
 def check_output_file(path: Path, what: str, example: str) -> None:
@@ -78,11 +128,14 @@ def check_output_file(path: Path, what: str, example: str) -> None:
 
 
 class EventLog:
-    """Append events to a JSONL file, one flushed (and fsynced) line per event."""
+    """Append events (and gap records) to a JSONL file, one flushed (and fsynced) line each.
+
+    The caller checks the path first (`slstt.io.check_output`): opening truncates the file."""
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path else None
         self.events: list[SpotEvent] = []
+        self.gaps: list[GapRecord] = []
         self._file: TextIO | None = None
         if self.path is not None:
             check_output_file(self.path, "events file", "events.jsonl")
@@ -93,21 +146,33 @@ class EventLog:
                 raise SlsttError(f"cannot write events file {self.path}: {exc.strerror or exc}; "
                                  "pass a path in a writable folder") from None
 
-    def write(self, event: SpotEvent) -> None:
-        self.events.append(event)
+    def _line(self, record: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(event.to_dict(), sort_keys=False) + "\n")
+            self._file.write(strict_json(record) + "\n")
             self._file.flush()
             os.fsync(self._file.fileno())
+
+    def write(self, event: SpotEvent) -> None:
+        self.events.append(event)
+        self._line(event.to_dict())
+
+    def write_gap(self, gap: GapRecord) -> None:
+        self.gaps.append(gap)
+        self._line(gap.to_dict())
 
     def close(self) -> None:
         if self._file is not None and not self._file.closed:
             self._file.close()
 
 
-def read_events(path: str | Path) -> list[dict[str, Any]]:
-    """The events of a JSONL file (one object per non-empty line)."""
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of a JSONL events file: events and {"type": "gap"} records, in file order."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    """The events of a JSONL file (gap records left out)."""
+    return [r for r in read_records(path) if r.get("type", "event") == "event"]
 
 
 def write_events_csv(path: str | Path, events: list[SpotEvent]) -> Path:
@@ -116,6 +181,6 @@ def write_events_csv(path: str | Path, events: list[SpotEvent]) -> Path:
     writer.writerow(CSV_COLUMNS)
     for ev in sorted(events, key=lambda e: e.onset_frame):
         d = ev.to_dict()
-        d["confidence"] = None if ev.confidence is None else round(ev.confidence, 5)
+        d["confidence"] = None if ev.confidence is None else _round(ev.confidence, 5)
         writer.writerow(["" if d.get(c) is None else d.get(c) for c in CSV_COLUMNS])
     return atomic_write_text(path, buf.getvalue())

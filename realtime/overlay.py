@@ -5,7 +5,14 @@ note that this is a research tool."""
 from __future__ import annotations
 
 import math
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
@@ -20,18 +27,156 @@ GREEN, RED, YELLOW, WHITE, GREY = (80, 220, 80), (60, 60, 240), (40, 220, 240), 
 PANEL_H = 90
 
 
-def open_writer(path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
-    """An mp4v VideoWriter (released by the caller: the file is playable once released)."""
+RECORD_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+
+def _ffmpeg_encoder(ffmpeg: str) -> str | None:
+    """libx264 when this ffmpeg has it, else mpeg4 (both in Debian's ffmpeg); None if it cannot run."""
+    try:
+        out = subprocess.run([ffmpeg, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return "libx264" if " libx264 " in out.stdout else "mpeg4"
+
+
+class Recorder:
+    """Annotated frames to a video file from a writer thread, so encoding never stalls analysis.
+
+    With ffmpeg on PATH: raw frames are piped to ffmpeg writing fragmented MP4 (moov first, a
+    fragment per keyframe, about one a second) or Matroska, flushed per packet, so the file is
+    playable after a crash or kill -9 (up to its last second). ffmpeg runs in its own session: a
+    terminal Ctrl-C reaches slstt only, which then closes the pipe and ffmpeg finishes the file.
+    Without ffmpeg: cv2.VideoWriter (mp4v), playable only once release() ran.
+
+    `drop_when_full`: live runs drop frames (counted in `dropped`) rather than wait when the encoder
+    falls seconds behind; analyze waits (every frame recorded)."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], *, drop_when_full: bool = False,
+                 queue_s: float = 2.0) -> None:
+        self.path, self.fps, self.size = path, float(fps), (int(size[0]), int(size[1]))
+        self.drop_when_full = drop_when_full
+        self.dropped = 0
+        self.written = 0
+        self.error: str | None = None
+        self._proc: subprocess.Popen | None = None
+        self._cv_writer: cv2.VideoWriter | None = None
+        self._log: IO[bytes] | None = None
+        ffmpeg = shutil.which("ffmpeg")
+        encoder = _ffmpeg_encoder(ffmpeg) if ffmpeg else None
+        if ffmpeg and encoder:
+            self._start_ffmpeg(ffmpeg, encoder)
+            kind = "Matroska" if RECORD_FORMATS[path.suffix.lower()] == "matroska" else "fragmented mp4"
+            self.backend = f"ffmpeg {encoder}, {kind}"
+        else:
+            self._cv_writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+            if not self._cv_writer.isOpened():
+                raise SlsttError(f"cannot write the recording {path}; check the folder is writable")
+            self.backend = "cv2 mp4v (no ffmpeg on PATH: the file is playable only after a clean stop)"
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=max(4, int(queue_s * self.fps)))
+        self._thread = threading.Thread(target=self._run, name="slstt-recorder", daemon=True)
+        self._thread.start()
+
+    def _start_ffmpeg(self, ffmpeg: str, encoder: str) -> None:
+        fmt = RECORD_FORMATS[self.path.suffix.lower()]
+        gop = str(max(1, round(self.fps)))  # a keyframe, hence a fragment, about every second
+        codec = (["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-crf", "23"]
+                 if encoder == "libx264" else ["-c:v", "mpeg4", "-q:v", "4"])
+        container = ["-movflags", "+frag_keyframe+empty_moov+default_base_moof"] if fmt in ("mp4", "mov") else []
+        w, h = self.size
+        cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostats",
+               "-f", "rawvideo", "-pix_fmt", "bgr24", "-video_size", f"{w}x{h}", "-framerate", f"{self.fps:g}",
+               "-i", "pipe:0", "-an", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", *codec, "-pix_fmt", "yuv420p",
+               "-g", gop, *container, "-flush_packets", "1", "-f", fmt, "-y", str(self.path)]
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - ffmpeg's messages; closed in release()
+        try:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
+                                          start_new_session=True)
+        except OSError as exc:
+            raise SlsttError(f"cannot start ffmpeg for the recording {self.path}: {exc.strerror or exc}") from None
+
+    def write(self, image: np.ndarray) -> None:
+        """Queue one BGR frame (resized when a reconnected stream changed size)."""
+        if self.error is not None:
+            return
+        if (image.shape[1], image.shape[0]) != self.size:
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        if self.drop_when_full:
+            try:
+                self._queue.put_nowait(image)
+            except queue.Full:
+                self.dropped += 1
+            return
+        self._queue.put(image)
+
+    def _run(self) -> None:
+        while True:
+            image = self._queue.get()
+            if image is None:
+                return
+            if self.error is not None:
+                continue  # drain: write() stops queueing once it sees the error
+            try:
+                if self._proc is not None:
+                    assert self._proc.stdin is not None
+                    self._proc.stdin.write(np.ascontiguousarray(image).tobytes())
+                else:
+                    assert self._cv_writer is not None
+                    self._cv_writer.write(image)
+                self.written += 1
+            except (BrokenPipeError, OSError) as exc:
+                self.error = f"ffmpeg stopped writing {self.path} ({self._ffmpeg_message() or exc})"
+
+    def _ffmpeg_message(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        lines = [ln.strip() for ln in self._log.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+        return lines[-1][:200] if lines else ""
+
+    def release(self, timeout: float = 60.0) -> None:
+        """Write what is queued and finish the file (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        if self._cv_writer is not None:
+            self._cv_writer.release()
+            self._cv_writer = None
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            try:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                code = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            if code != 0 and self.error is None:
+                self.error = f"ffmpeg exited with {code} writing {self.path} ({self._ffmpeg_message()})"
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def open_writer(path: Path, fps: float, size: tuple[int, int], *, drop_when_full: bool = False) -> Recorder:
+    """A Recorder for `path` (.mp4/.mov/.m4v/.mkv); the caller calls write() per frame and release()."""
+    path = Path(path)
     check_output_file(path, "recording", "live.mp4")
+    if path.suffix.lower() not in RECORD_FORMATS:
+        raise SlsttError(f"recording {path}: name it .mp4 or .mkv (fragmented mp4 / Matroska stay playable "
+                         "after a crash)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SlsttError(f"cannot write the recording {path}: {exc.strerror or exc}; "
                          "pass a path in a writable folder") from None
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
-    if not writer.isOpened():
-        raise SlsttError(f"cannot write the recording {path}; check the folder is writable and the name ends in .mp4")
-    return writer
+    if not os.access(path.parent, os.W_OK):  # ffmpeg would only fail at the first frame
+        raise SlsttError(f"cannot write the recording {path}: folder not writable; pass a path in a writable folder")
+    return Recorder(path, fps, size, drop_when_full=drop_when_full)
 
 
 def _text(img: np.ndarray, text: str, org: tuple[int, int], color=WHITE, scale: float = 0.45) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from slstt.errors import SlsttError
 
 
 def _read_umask() -> int:
@@ -59,3 +61,37 @@ def atomic_savefig(path: str | os.PathLike, fig: Any, **kwargs: Any) -> Path:
     """Save a matplotlib figure atomically (format taken from the final suffix)."""
     fmt = Path(path).suffix.lstrip(".") or "png"
     return atomic_write(path, lambda p: fig.savefig(p, format=fmt, **kwargs))
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when two paths name one file: the same path, a symlink to it or a hard link (same inode)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they would resolve
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike | None] = (),
+                 overwrite: bool = False, what: str = "output", option: str = "--overwrite") -> Path:
+    """Refuse (one line) to write `path` when it is one of `inputs` (never, even with --overwrite),
+    a folder, or an existing file from an earlier run without `overwrite`. Returns the path."""
+    path = Path(path)
+    for given in inputs:
+        if given is not None and Path(given).exists() and same_file(path, given):
+            raise SlsttError(f"{what} {path} is the input {given}; writing it would destroy the input, "
+                             "so choose another name")
+    if path.is_dir():
+        raise SlsttError(f"{what} {path} is a folder; pass a file path")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise SlsttError(f"{what} {path} already exists (an earlier result?); pass {option} to replace it "
+                         "or choose another name")
+    return path
+
+
+def check_distinct_outputs(outputs: dict[str, str | os.PathLike | None]) -> None:
+    """Two outputs of one run must not be the same file (the second would destroy the first)."""
+    named = [(what, Path(p)) for what, p in outputs.items() if p is not None]
+    for i, (what_a, a) in enumerate(named):
+        for what_b, b in named[i + 1:]:
+            if same_file(a, b):
+                raise SlsttError(f"{what_a} and {what_b} are the same file {b}; give them different names")
