@@ -781,20 +781,30 @@ def synth_command(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
     videos: int = typer.Option(1, "--videos", help="Number of long test videos to write under OUT_DIR/videos/."),
     video_seconds: float = typer.Option(40, "--video-seconds", help="Length of each long video in seconds."),
+    style: str = typer.Option("classic", "--style", help="classic: corpus + 2-D-motion long videos; webcam: only "
+                              "webcam-like long videos (3-D head, talking, hand, H.264), see slstt.data.webcam."),
 ) -> None:
     """Generate a synthetic micro-expression corpus and long test videos with ground truth."""
     from rich.console import Console
 
+    style = style.strip().lower()
+    if style not in ("classic", "webcam"):
+        raise SlsttError(f"--style must be classic or webcam, got {style!r}")
     class_list = _check_classes([c for c in classes.split(",") if c.strip()])
     if videos < 0:
         raise SlsttError(f"--videos must be 0 or more, got {videos}")
     if videos and video_seconds < 5:
         raise SlsttError(f"--video-seconds must be at least 5, got {video_seconds:g}")
+    if style == "webcam" and videos < 1:
+        raise SlsttError(f"--style webcam writes only long videos: --videos must be at least 1, got {videos}")
     console = Console()
 
     def say(what: str, path: Path, details: str) -> None:
         console.print(f"[bold]{what:<12}[/bold] {path}  [dim]{details}[/dim]", soft_wrap=True, highlight=False)
 
+    if style == "webcam":
+        _webcam_videos(out_dir, videos, video_seconds, seed, say)
+        return
     start = time.perf_counter()
     annotation = make_corpus(out_dir, subjects, clips_per_class, class_list, seed, fps, size, progress=True)
     n_clips = subjects * clips_per_class * len(class_list)
@@ -810,4 +820,20 @@ def synth_command(
         gt = make_long_video(video, seed=seed * 1000 + k, duration_s=video_seconds, n_micro=n_micro, n_macro=n_macro,
                              classes=class_list, progress=True)
         say("video", video, f"{video_seconds:g} s, {n_micro} micro + {n_macro} macro, ground truth {gt.name}, "
+            f"{time.perf_counter() - start:.1f} s")
+
+
+def _webcam_videos(out_dir: Path, videos: int, seconds: float, seed: int, say) -> None:
+    """`slstt synth --style webcam`: N webcam-like videos (9 micro events per minute, at least 1).
+    Video k uses webcam seed SEED*1000+100+k: never one of webcam.HELD_OUT_SEEDS (1000-1011)."""
+    from slstt.data.webcam import make_webcam_video
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SlsttError(f"OUT_DIR {out_dir} is a file; pass a folder (it is created when missing)")
+    n_micro = max(1, int(round(9 * seconds / 60)))
+    for k in range(videos):
+        start = time.perf_counter()
+        video = out_dir / "videos" / f"webcam_{k:02d}.mp4"
+        gt = make_webcam_video(video, seed=seed * 1000 + 100 + k, duration_s=seconds, n_micro=n_micro, progress=True)
+        say("video", video, f"webcam style, {seconds:g} s, {n_micro} micro, ground truth {gt.name}, "
             f"{time.perf_counter() - start:.1f} s")

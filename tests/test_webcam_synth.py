@@ -1,0 +1,224 @@
+"""slstt.data.webcam: determinism, ground truth, micro-event displacement, 3-D parallax, H.264, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from slstt.data import synth, webcam
+from slstt.errors import SlsttError
+
+FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)  # spec 1.3
+SMALL = (320, 240)
+# landmarks each micro region's motion must sit next to
+REGION_POINTS = {
+    "brow_raise": synth.INNER_BROWS + synth.MID_BROWS + synth.OUTER_BROWS,
+    "brow_lower": synth.INNER_BROWS + synth.MID_BROWS,
+    "lip_corner": synth.LIP_CORNERS,
+    "lower_lip_chin": (synth.LOWER_LIP, synth.CHIN, 84, 314),
+    "nose_wrinkle": synth.NOSE_WINGS + (168,),
+}
+
+
+def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def decode(path: Path) -> tuple[list[np.ndarray], float, str]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened()
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode(errors="replace")
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames, fps, fourcc
+
+
+@pytest.fixture(scope="module")
+def small_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6 s 320x240 webcam video with 3 micro events (one per amplitude); returns its gt path."""
+    return webcam.make_webcam_video(tmp_path_factory.mktemp("webcam") / "a.mp4", seed=5, duration_s=6, size=SMALL,
+                                    n_micro=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+def test_same_seed_gives_identical_files(small_video: Path, tmp_path: Path) -> None:
+    again = webcam.make_webcam_video(tmp_path / "a.mp4", seed=5, duration_s=6, size=SMALL, n_micro=3)
+    for suffix in (".gt.csv", ".events.json"):
+        assert again.with_name("a" + suffix).read_bytes() == small_video.with_name("a" + suffix).read_bytes()
+    assert (tmp_path / "a.mp4").read_bytes() == small_video.with_name("a.mp4").read_bytes()
+    other = webcam.make_webcam_video(tmp_path / "b.mp4", seed=6, duration_s=6, size=SMALL, n_micro=3)
+    assert other.read_bytes() != small_video.read_bytes()
+    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]  # atomic: no temp files left
+
+
+def test_ground_truth_columns_and_values(small_video: Path) -> None:
+    from slstt.realtime.analyze import read_ground_truth
+
+    columns, rows = read_rows(small_video)
+    assert ",".join(columns) == webcam.GT_COLUMNS
+    micro = [r for r in rows if r["kind"] == "micro"]
+    assert sorted(float(r["amplitude_px"]) for r in micro) == [1.5, 2.5, 4.0]
+    for r in micro:
+        assert r["label"] == r["region"] and r["region"] in webcam.MICRO_REGIONS
+        assert r["context"] in ("quiet", "busy")
+        onset, apex, offset = int(r["onset_frame"]), int(r["apex_frame"]), int(r["offset_frame"])
+        assert onset < apex < offset and 0.2 - 1 / 30 <= (offset - onset) / 30 <= 0.5 + 1 / 30
+        assert abs(float(r["apex_s"]) - apex / 30) < 1e-3
+    assert {r["kind"] for r in rows} <= {"micro", "macro", "blink", "talk", "hand", "head_turn"}
+    assert "talk" in {r["kind"] for r in rows}
+    assert {r["face"] for r in rows} == {webcam.IDENTITIES[list(webcam.IDENTITIES)[5 % 3]].name}
+    # the spotter's reader still reads it
+    truth = read_ground_truth(small_video)
+    assert [t.kind for t in truth].count("micro") == 3
+    info = json.loads(small_video.with_name("a.events.json").read_text())
+    assert info["seed"] == 5 and info["size"] == list(SMALL) and info["n_frames"] == 180
+    assert 55 < info["face_px"] < 165 and len(info["head_pose"]["frames"]) >= 40
+    assert all(e["amplitude_crop112"] > 0 for e in info["events"] if e["kind"] == "micro")
+
+
+def test_h264_readable_by_opencv(small_video: Path) -> None:
+    frames, fps, fourcc = decode(small_video.with_name("a.mp4"))
+    assert len(frames) == 180 and abs(fps - 30) < 0.01
+    assert frames[0].shape == (SMALL[1], SMALL[0], 3)
+    assert fourcc.lower() in ("avc1", "h264")
+    assert float(np.std(frames[0])) > 10  # a picture, not a blank frame
+
+
+def test_no_event_video_has_same_kinds_of_motion_but_no_micro() -> None:
+    plan, _ = webcam.plan_webcam_video(7, duration_s=20, size=SMALL, n_micro=0)
+    kinds = {e.kind for e in plan.events}
+    assert "micro" not in kinds and {"talk", "blink"} <= kinds
+    assert np.abs(plan.head[:, :3]).max() <= 15 and plan.head[:, :3].std(0).max() > 1.5
+
+
+# ---------------------------------------------------------------------------------------------
+# pixels
+
+def test_micro_event_moves_its_region_by_the_amplitude() -> None:
+    """Apex frame rendered with and without the micro events (no camera effects): Farneback
+    between them peaks at about the requested amplitude, next to the region's landmarks."""
+    plan, scene = webcam.plan_webcam_video(3, duration_s=14, n_micro=5, face_px=260)
+    micro = [e for e in plan.events if e.kind == "micro"]
+    assert {e.region for e in micro} == set(webcam.MICRO_REGIONS)
+    for e in micro:
+        with_event, = webcam.render_frames(plan, scene, [e.apex], micro=True, camera=False)
+        without, = webcam.render_frames(plan, scene, [e.apex], micro=False, camera=False)
+        gray = [cv2.cvtColor(x, cv2.COLOR_BGR2GRAY) for x in (without, with_event)]
+        mag = np.linalg.norm(cv2.calcOpticalFlowFarneback(gray[0], gray[1], None, *FARNEBACK), axis=2)
+        peak = float(np.quantile(mag, 0.9995))
+        assert 0.6 * e.amplitude_px < peak < 1.4 * e.amplitude_px, (e.region, e.amplitude_px, peak)
+        y, x = np.unravel_index(np.argmax(cv2.GaussianBlur(mag, (0, 0), 2)), mag.shape)
+        lm = scene.project(e.apex)
+        near = np.linalg.norm(lm[list(REGION_POINTS[e.region])] - (x, y), axis=1).min()
+        assert near < 0.12 * plan.face_px, (e.region, near)
+
+
+def test_yaw_gives_parallax_seen_by_mediapipe() -> None:
+    """Turning the head 12 deg: MediaPipe sees the nose tip move further than the cheeks."""
+    from slstt.preprocess.face import FaceLandmarker
+
+    plan, scene = webcam.plan_webcam_video(4, duration_s=2, n_micro=0, face_px=240)
+    plan.events, plan.jaw[:] = [], 0.0
+    plan.head[:] = (0, 0, 0, 0, 0, 1)
+    plan.head[1, 0] = 12.0  # yaw
+    frames = webcam.render_frames(plan, scene, [0, 1], camera=False)
+    with FaceLandmarker() as landmarker:
+        a, b = (landmarker.detect(f) for f in frames)
+    assert a is not None and b is not None
+    face_w = float(np.linalg.norm(a[454] - a[234]))
+    nose = b[synth.NOSE_TIP, 0] - a[synth.NOSE_TIP, 0]
+    cheeks = float(np.mean(b[list(synth.CHEEKS), 0] - a[list(synth.CHEEKS), 0]))
+    assert abs(nose) > 0.1 * face_w  # the head really turned
+    assert abs(nose) - abs(cheeks) > 0.04 * face_w, (nose, cheeks, face_w)
+    # the same in the renderer's own geometry, and a 2-D affine could not produce it
+    p0, p1 = scene.project(0), scene.project(1)
+    assert abs(p1[1, 0] - p0[1, 0]) - abs(np.mean(p1[[50, 280], 0] - p0[[50, 280], 0])) > 0.04 * face_w
+
+
+def test_identities_differ_and_unknown_is_refused() -> None:
+    _, a = webcam.identity_landmarks(webcam.IDENTITIES["astronaut"])
+    _, b = webcam.identity_landmarks(webcam.IDENTITIES["astronaut_b"])
+    assert np.abs(a - b).max() > 5
+    with pytest.raises(SlsttError, match="unknown face identity"):
+        webcam.plan_webcam_video(0, duration_s=3, identity="bob")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI and bad input
+
+def test_cli_writes_webcam_videos(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from slstt.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", str(tmp_path), "--style", "webcam", "--videos", "1", "--video-seconds", "5"])
+    assert exit_info.value.code in (0, None)
+    video = tmp_path / "videos" / "webcam_00.mp4"
+    frames, _, _ = decode(video)
+    assert len(frames) == 150 and frames[0].shape == (480, 640, 3)
+    _, rows = read_rows(video.with_suffix(".gt.csv"))
+    assert sum(r["kind"] == "micro" for r in rows) == 1
+    assert not (tmp_path / "CASME2_RAW_selected").exists()  # webcam style writes videos only
+    assert "webcam style" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--style", "cartoon"], "--style must be classic or webcam"),
+    (["--style", "webcam", "--videos", "0"], "--videos must be at least 1"),
+    (["--style", "webcam", "--video-seconds", "2"], "--video-seconds must be at least 5"),
+])
+def test_cli_bad_options_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    from slstt.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", str(tmp_path / "out"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments_raise_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(SlsttError, match="even size"):
+        webcam.make_webcam_video(tmp_path / "v.mp4", duration_s=3, size=(321, 240))
+    with pytest.raises(SlsttError, match="must end in .mp4"):
+        webcam.make_webcam_video(tmp_path / "v.avi", duration_s=3, size=SMALL)
+    foreign = tmp_path / "mine.mp4"
+    foreign.write_bytes(b"not ours")
+    with pytest.raises(SlsttError, match="was not written by"):
+        webcam.make_webcam_video(foreign, duration_s=3, size=SMALL)
+    assert foreign.read_bytes() == b"not ours"
+    with pytest.raises(SlsttError, match="cannot place 9 micro"):
+        webcam.plan_webcam_video(0, duration_s=6, size=SMALL, n_micro=9)
+
+
+def test_without_ffmpeg_falls_back_to_mp4v_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(webcam.shutil, "which", lambda name: None)
+    with pytest.warns(UserWarning, match="ffmpeg not found"):
+        gt = webcam.make_webcam_video(tmp_path / "v.mp4", seed=1, duration_s=3, size=SMALL, n_micro=1)
+    frames, _, fourcc = decode(gt.with_name("v.mp4"))
+    assert len(frames) == 90 and fourcc.lower() in ("mp4v", "fmp4")  # MPEG-4 part 2, not H.264
+
+
+def test_spotting_set_writes_event_and_no_event_videos(tmp_path: Path) -> None:
+    gts = webcam.spotting_set(tmp_path, [21, 22], duration_s=3, size=SMALL, n_micro=1, event_fraction=0.5)
+    assert [g.name for g in gts] == ["webcam_21.gt.csv", "webcam_22_noevents.gt.csv"]
+    micro = [sum(r["kind"] == "micro" for r in read_rows(g)[1]) for g in gts]
+    assert micro == [1, 0]
+    info = json.loads((tmp_path / "set.json").read_text())
+    assert info["event_seeds"] == [21] and info["videos"] == ["webcam_21.mp4", "webcam_22_noevents.mp4"]
+    assert all((tmp_path / v).stat().st_size > 1000 for v in info["videos"])
