@@ -1,28 +1,39 @@
-"""Causal micro-expression spotting.
+"""Causal micro-expression spotting that keeps working while the face moves and talks.
 
-Per frame (all causal, nothing after the current frame is ever read):
-1. motion: dense flow on a small grayscale face crop (flow_size px) between the current frame and
-   a reference frame. While idle the reference is `ref_s` back; once an interval opens, the
-   reference freezes on the last neutral frame before its onset, so the score follows the
-   expression's displacement from neutral (one hump per expression, however long it is).
-2. head motion removed: a robust affine fit of the flow over the face (eyes excluded) is
-   subtracted, leaving the local, non-rigid facial motion.
-3. blinks masked: the eye regions never enter the score; a blink (eye-region motion starting
-   downwards) suspends interval opening until the eyes settle, and its leakage into the
-   neighbouring regions is subtracted.
-4. score = max over regions (brows, nose, mouth, cheeks, chin) of the mean residual magnitude
-   (px on the flow crop, so it does not depend on how large the face is in the image).
-5. adaptive threshold = max(min_threshold, calibration baseline, median + k * MAD) over a trailing
-   window of idle scores.
-6. intervals: onset where the score rose above the low level (low_ratio x threshold) before it
-   crossed the threshold, apex at the peak, offset where it falls back below the low level
-   (held for `hangover_s`). The event is emitted when it closes, so the latency is the event's own
-   length plus the hangover. Micro: min_micro_ms..max_micro_ms long and peak <= macro_score;
-   longer or larger: macro.
-7. head motion gates: while the rigid head motion exceeds head_gate no interval opens; an open one
-   ends when the head has moved head_limit from the frozen reference. References never precede
-   the end of the last interval or blink (no stale expression in the reference).
-Defaults were tuned on `slstt synth` long videos (30 fps, 640x480): micro F1 1.0 on 7 videos.
+Three parts, each usable and tested on its own:
+
+1. `MotionScorer` (what moved, where): every frame j gets one dense flow from frame j to frame
+   j + gap (about 0.27 s later), on a small grayscale crop of the face in frame j's box. Global
+   motion is removed twice: a robust affine fit gives the head's own motion (reported, used to
+   reject fast turns), and a local high-pass (the flow minus its normalised Gaussian blur over the
+   face) removes whatever varies smoothly across the face, which includes most of the parallax of
+   an out-of-plane head rotation. What is left is averaged as a VECTOR in ~14 small regions placed
+   on the facial landmarks of the action units that micro-expressions use (brows, glabella, nose
+   wings, lip corners, lips, chin, cheeks): noise cancels in the mean, a coherent local movement
+   does not.
+2. The rise-and-return test: for a candidate apex c (one gap in the past), v1 = movement from
+   c - gap to c and v2 = movement from c + gap back to c. A micro-expression is displaced at c from
+   both sides (v1 ~ v2); steady motion (a turn, a drift, a slow expression) is not (v1 ~ -v2). The
+   per-region score max(0, |v1 + v2| / 2 - |v1 - v2| / 2) is the part of the second temporal
+   difference that is not net displacement: it is zero for linear motion and for the ramps of long
+   expressions, and equals the amplitude for a movement that rises and returns within 2 gaps.
+   `RegionThresholds` gives every region its own adaptive threshold (median + k * MAD of its recent
+   idle scores, floored by `--calibrate`'s measure of the user's own noise).
+3. `IntervalMachine`: an explicit IDLE -> OPEN -> (emit | reject) -> REFRACTORY state machine over
+   the best region's score / threshold. An open candidate is rejected when most regions fire
+   together (lighting, global shake), when the head turns fast, or when it is a blink (upper lids
+   moving down, brows and cheeks then ignored). One spot per event: the candidate keeps its
+   maximum and the machine is refractory for a while after an emit (non-maximum suppression).
+   The interval is measured on the firing region's own displacement profile from the neutral frame
+   before it (a few extra flows, once per event), classified micro (<= max_micro_ms) or macro, and
+   decided about gap + 2 frames after the apex (< 0.5 s at the defaults).
+
+Long expressions (smiles, macro-expressions) are followed by a second, coarse scorer with a 1 s gap:
+a region whose displacement over 1 s exceeds `macro_score` marks macro activity; activity that
+lasts is a macro event, and micro candidates in a region with macro activity are dropped.
+
+Nothing after the current frame is ever read. Defaults were tuned on the tuning seeds of
+`slstt synth --style webcam` (see slstt.data.webcam) and never on the held-out seeds.
 """
 
 from __future__ import annotations
@@ -34,41 +45,67 @@ from typing import Any
 import cv2
 import numpy as np
 
-from slstt.preprocess.face import REGIONS, CropBox, apply_crop
+from slstt.preprocess.face import CropBox, apply_crop
 from slstt.preprocess.flow import compute_flow
 
-SCORED_REGIONS = ("brows", "nose", "mouth", "cheeks", "chin")
-# Blink gating: a blink moves the lids and drags the skin around them. Each region's score is
-# reduced by this fraction of the eye-region motion (ratio region/eyes measured on synthetic blinks,
-# whose lid warp is wider than a real one: real faces leak less, so these are upper bounds).
-BLINK_LEAK = {"brows": 0.75, "nose": 0.12, "mouth": 0.03, "cheeks": 0.15, "chin": 0.04}
+# Small regions on MediaPipe 478-mesh landmarks, one per action-unit site (subject's right, left).
+REGION_ANCHORS: dict[str, tuple[int, ...]] = {
+    "inner_brow_r": (55, 65), "inner_brow_l": (285, 295),  # AU1 / AU4
+    "outer_brow_r": (105, 70), "outer_brow_l": (334, 300),  # AU2
+    "glabella": (9, 8),  # AU4 (brows drawn together)
+    "nose_wing_r": (129, 198), "nose_wing_l": (358, 420),  # AU9 / AU10
+    "lip_corner_r": (61, 57), "lip_corner_l": (291, 287),  # AU12 / AU14 / AU15
+    "upper_lip": (0, 37, 267),  # AU10
+    "lower_lip": (17, 84, 314),  # AU16 / AU25
+    "chin": (200, 199),  # AU17
+    "cheek_r": (50, 101), "cheek_l": (280, 330),  # AU6
+}
+DEFAULT_REGIONS = tuple(REGION_ANCHORS)
+# Regions a blink drags (the lid pulls the skin around it): ignored while the lids move down.
+BLINK_REGIONS = ("inner_brow_r", "inner_brow_l", "outer_brow_r", "outer_brow_l", "glabella", "cheek_r", "cheek_l",
+                 "nose_wing_r", "nose_wing_l")
+UPPER_LIDS = (159, 386)
+EYE_RINGS = ((33, 133, 159, 145, 160, 144, 158, 153), (263, 362, 386, 374, 387, 373, 385, 380))
 MAD_SCALE = 1.4826  # MAD -> standard deviation for normal noise
+# Landmarks that expressions hardly move (nose tip and lower bridge, eye corners, temples, upper face
+# outline): their affine fit is the head's own movement.
+STABLE_LANDMARKS = [1, 4, 5, 195, 33, 133, 362, 263, 10, 109, 338, 67, 297, 127, 356, 234, 454, 116, 345]
+COARSE = 4  # the smoothed movement field is kept at 1/COARSE of the flow crop
 
 
 @dataclass
 class SpotterConfig:
     flow_size: int = 112  # side of the grayscale face crop the flow runs on
     flow_backend: str = "farneback"  # any slstt.preprocess.flow backend (Farneback: best sub-pixel SNR)
-    flow_params: dict[str, Any] = field(default_factory=dict)  # {} = the backend's defaults
-    ref_s: float = 0.2  # reference gap while idle
-    window_s: float = 10.0  # trailing window of the adaptive threshold
-    threshold_k: float = 5.0  # threshold = median + k * MAD of the window
-    min_threshold: float = 0.08  # px on the flow crop; floor for very still, noise-free video
-    low_ratio: float = 0.4  # interval boundaries at low_ratio x threshold ...
-    low_k: float = 3.0  # ... but at least median + low_k * MAD (above the noise floor)
-    hangover_s: float = 0.06  # the score must stay below the low level this long to close
-    pad_frames: int = 1  # onset/offset = the neutral frames just outside the above-low run
+    # Farneback with a smaller window than the paper's 15 px: a micro-movement is a few px wide here
+    flow_params: dict[str, Any] = field(default_factory=lambda: {"winsize": 9, "poly_sigma": 1.1})
+    gap_s: float = 0.25  # rise-and-return half window: flows span this many seconds
+    highpass: float = 0.12  # local motion compensation: Gaussian sigma as a fraction of the crop
+    region_radius: float = 0.04  # smoothing of the movement field (Gaussian sigma) as a fraction of the crop
+    align: str = "none"  # flow | landmarks | none: remove the head's smooth movement before the fine flow
+    mesh_compensation: bool = False  # subtract the tracked face mesh's own movement (see mesh_residual)
+    mesh_sigma: float = 0.03  # spread of each landmark's movement (fraction of the crop)
+    zone_radius: float = 0.09  # a region's movement may peak this far from its landmarks (fraction of the crop)
+    window_s: float = 10.0  # trailing window of each region's adaptive threshold
+    threshold_k: float = 6.0  # threshold = median + k * MAD of the region's idle scores
+    min_threshold: float = 0.12  # px on the flow crop; floor for very still, noise-free video
+    low_ratio: float = 0.5  # a candidate ends when the best ratio falls below this
+    edge_ratio: float = 0.25  # interval boundaries: profile below this fraction of its peak
     min_micro_ms: float = 100.0  # shorter intervals are noise and dropped
     max_micro_ms: float = 500.0  # longer: macro
-    macro_score: float = 1.5  # peak above this (px): macro whatever the duration
-    blink_gate: float = 0.5  # px of eye-region motion, mostly downward: a blink starts
-    blink_settle_s: float = 0.1  # ... and ends when the eyes have been still this long
-    head_gate: float = 0.3  # px of rigid head motion per ref_s above which no interval opens
-    head_limit: float = 1.5  # px of head displacement from the frozen reference that ends an interval
-    max_event_s: float = 4.0  # an interval still open after this is closed as macro
-    warmup_s: float = 0.5  # no events before the statistics have this much data
-    calibrate_s: float = 0.0  # neutral baseline: the first seconds set a threshold floor, no events
-    regions: tuple[str, ...] = SCORED_REGIONS
+    max_fire_fraction: float = 0.5  # reject when more than this fraction of regions fire together
+    head_fast: float = 8.0  # px of head motion per gap (on the crop) above which candidates are rejected
+    blink_gate: float = 0.5  # px of upper-lid downward movement that marks a blink
+    refractory_s: float = 0.3  # no new candidate this soon after an emitted event
+    macro_gap_s: float = 1.0  # coarse scorer for long expressions
+    macro_flow_size: int = 64
+    macro_highpass: float = 0.3  # long expressions are broad: a wider local compensation
+    macro_score: float = 0.75  # px (on a flow_size crop) of displacement over macro_gap_s: macro activity
+    macro_min_s: float = 0.6  # macro activity lasting this long is a macro event
+    max_event_s: float = 6.0  # macro activity longer than this is closed as one event
+    warmup_s: float = 1.0  # no events before the statistics have this much data
+    calibrate_s: float = 0.0  # neutral baseline: the first seconds set each region's threshold floor
+    regions: tuple[str, ...] = DEFAULT_REGIONS
 
 
 @dataclass
@@ -80,11 +117,12 @@ class Interval:
     apex_s: float
     offset_s: float
     kind: str  # micro | macro
-    score: float  # peak score
-    threshold: float
-    regions: dict[str, float]
+    score: float  # peak score (px on the flow crop)
+    threshold: float  # the firing region's threshold
+    regions: dict[str, float]  # score / threshold per region at the apex (>= 1: fired)
     closed_index: int
     closed_s: float
+    region: str = ""  # the region that fired (macro: the most displaced one)
 
     @property
     def duration_ms(self) -> float:
@@ -97,234 +135,597 @@ class SpotStep:
 
     index: int
     t: float
-    score: float  # NaN without a face or a reference
-    threshold: float
+    score: float  # best region's score / threshold at the candidate frame (NaN: nothing to score)
+    threshold: float  # 1.0: the score is already relative to each region's threshold
     low: float
-    active: bool  # an interval is open
+    active: bool  # a candidate is open
     closed: list[Interval]
+    region: str = ""  # best region at this step
 
 
-class _Open:
-    def __init__(self, onset: int, ref: int, threshold: float) -> None:
-        self.onset, self.ref, self.threshold = onset, ref, threshold
-        self.apex, self.peak, self.last_above, self.below = onset, -1.0, onset, 0
-        self.regions: dict[str, float] = {}
+# --- 1. motion ---------------------------------------------------------------------------------
+@dataclass
+class FrameMotion:
+    """Movement of each region from frame `index` to frame `index + gap` (px on the crop)."""
+
+    index: int
+    vectors: dict[str, np.ndarray]  # region -> mean high-passed flow (2,)
+    eyes: float  # upper lids' downward movement (px, + = down)
+    head: float  # rigid head motion magnitude (px)
+    field: np.ndarray | None = None  # (g, g, 2) smoothed high-passed flow on a coarse grid
+    geometry: RegionGeometry | None = None  # frame index's regions (zones on the coarse grid)
 
 
+class RegionGeometry:
+    """Landmark-placed Gaussian windows on the flow crop of one box, plus the face mask."""
+
+    def __init__(self, box: CropBox, landmarks: np.ndarray, size: int, regions: tuple[str, ...],
+                 radius: float, zone: float) -> None:
+        side = int(box.side)
+        scale = size / side
+        x0, y0 = int(round(box.cx - side / 2)), int(round(box.cy - side / 2))  # as apply_crop rounds
+        pts = (landmarks - np.array([x0, y0], dtype=np.float32)) * scale
+        hull = np.zeros((size, size), np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(pts.astype(np.int32)), 1)
+        face = cv2.erode(hull, np.ones((3, 3), np.uint8), iterations=max(1, size // 40)) > 0
+        eyes = np.zeros((size, size), np.uint8)
+        for ring in EYE_RINGS:
+            cv2.fillConvexPoly(eyes, cv2.convexHull(pts[list(ring)].astype(np.int32)), 1)
+        eyes = cv2.dilate(eyes, np.ones((3, 3), np.uint8), iterations=max(1, size // 50)) > 0
+        self.mask = (face & ~eyes).astype(np.float32)
+        self.blurred_mask: np.ndarray | None = None
+        sigma = radius * size
+        half = int(np.ceil(2 * sigma))
+        g = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2).astype(np.float32)
+        kernel = np.outer(g, g)
+        self.windows: dict[str, tuple[slice, slice, np.ndarray]] = {}
+        for name in regions:
+            cx, cy = pts[list(REGION_ANCHORS[name])].mean(0)
+            xi, yi = int(round(cx)), int(round(cy))
+            ya, yb, xa, xb = max(0, yi - half), min(size, yi + half + 1), max(0, xi - half), min(size, xi + half + 1)
+            if yb - ya < half or xb - xa < half:
+                continue  # the region is off the crop
+            k = kernel[ya - yi + half:yb - yi + half, xa - xi + half:xb - xi + half] * self.mask[ya:yb, xa:xb]
+            if k.sum() > 0.25 * kernel.sum():  # most of it on visible skin
+                self.windows[name] = (slice(ya, yb), slice(xa, xb), k / k.sum())
+        # zones: where a region's movement may peak, on the coarse grid of the smoothed field
+        g = size // COARSE
+        coarse_mask = cv2.resize(self.mask, (g, g), interpolation=cv2.INTER_AREA) > 0.5
+        gy, gx = np.mgrid[0:g, 0:g].astype(np.float32) * COARSE + (COARSE - 1) / 2
+        zr2 = (zone * size) ** 2
+        self.zones: dict[str, np.ndarray] = {}
+        for name in regions:
+            cx, cy = pts[list(REGION_ANCHORS[name])].mean(0)
+            z = ((gx - cx) ** 2 + (gy - cy) ** 2 <= zr2) & coarse_mask
+            if z.sum() >= 2:
+                self.zones[name] = z
+        lids = np.zeros((size, size), np.float32)
+        for i in UPPER_LIDS:
+            cv2.circle(lids, (int(pts[i, 0]), int(pts[i, 1])), max(2, int(sigma)), 1.0, -1)
+        self.lids = lids / max(lids.sum(), 1.0)
+
+
+class MotionScorer:
+    """One flow per frame (frame j -> j + gap, in frame j's box) reduced to region vectors."""
+
+    def __init__(self, cfg: SpotterConfig, gap: int, size: int, regions: tuple[str, ...], highpass: float) -> None:
+        self.cfg, self.gap, self.size, self.regions = cfg, gap, size, regions
+        self._frames: deque[tuple[int, np.ndarray, CropBox | None, np.ndarray | None]] = deque(maxlen=gap + 1)
+        self._geometry: dict[int, RegionGeometry] = {}  # by box and landmarks
+        s = size
+        ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
+        step = max(2, s // 16)
+        self._grid = (slice(step // 2, s, step), slice(step // 2, s, step))
+        self._design = np.stack([np.ones_like(xs[self._grid]), xs[self._grid], ys[self._grid]], -1).reshape(-1, 3)
+        self._sigma = highpass * s
+        gx, gy = xs[self._grid], ys[self._grid]
+        u, v = gx.reshape(-1) / s - 0.5, gy.reshape(-1) / s - 0.5
+        self._qdesign = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], 1)
+        uf, vf = xs.reshape(-1) / s - 0.5, ys.reshape(-1) / s - 0.5
+        self._qfull = np.stack([np.ones_like(uf), uf, vf, uf * uf, uf * vf, vf * vf], 1).astype(np.float32)
+        self._full = (xs, ys)
+        self.coarse_field = False  # also return the smoothed high-passed field (the micro scorer)
+        self.last_field: np.ndarray | None = None
+
+    def geometry(self, box: CropBox, landmarks: np.ndarray) -> RegionGeometry:
+        key = hash((box.cx, box.cy, box.side, landmarks.tobytes()))  # by content: ids of freed arrays recur
+        geo = self._geometry.get(key)
+        if geo is None:
+            if len(self._geometry) > 4 * (self.gap + 2):
+                self._geometry.clear()
+            geo = self._geometry[key] = RegionGeometry(box, landmarks, self.size, self.regions, self.cfg.region_radius,
+                                                              self.cfg.zone_radius)
+        return geo
+
+    def crop(self, gray: np.ndarray, box: CropBox) -> np.ndarray:
+        return cv2.resize(apply_crop(gray, box), (self.size, self.size), interpolation=cv2.INTER_AREA)
+
+    def flow(self, a: np.ndarray, b: np.ndarray, box: CropBox) -> np.ndarray:
+        """Dense flow at frame a's crop pixels pointing to where they are in frame b."""
+        return compute_flow(self.crop(a, box), self.crop(b, box), self.cfg.flow_backend, self.cfg.flow_params)
+
+    def reduce(self, flow: np.ndarray, geo: RegionGeometry) -> tuple[dict[str, np.ndarray], float, float]:
+        """(region vectors of the high-passed flow, lids' downward movement, head motion)."""
+        m = geo.mask
+        fx, fy = flow[..., 0], flow[..., 1]
+        # head: robust affine fit on the face (the 30 % worst points dropped), its mean magnitude
+        b = np.stack([fx[self._grid].reshape(-1), fy[self._grid].reshape(-1)], -1)
+        keep = m[self._grid].reshape(-1) > 0
+        head = 0.0
+        if keep.sum() >= 12:
+            a = self._design
+            for _ in range(2):
+                coef, *_ = np.linalg.lstsq(a[keep], b[keep], rcond=None)
+                res = np.linalg.norm(a @ coef - b, axis=1)
+                keep = keep & (res <= np.quantile(res[keep], 0.7))
+            head = float(np.linalg.norm(a[keep] @ coef, axis=1).mean())
+        # local compensation: subtract the flow's normalised Gaussian blur over the face
+        if geo.blurred_mask is None:  # once per box: the mask's blur normalises the flow's blur
+            geo.blurred_mask = cv2.GaussianBlur(m, (0, 0), self._sigma) + 1e-6
+        den = geo.blurred_mask
+        bx = cv2.GaussianBlur(fx * m, (0, 0), self._sigma) / den
+        by = cv2.GaussianBlur(fy * m, (0, 0), self._sigma) / den
+        rx, ry = fx - bx, fy - by
+        vectors = {name: np.array([float((rx[ys, xs] * k).sum()), float((ry[ys, xs] * k).sum())])
+                   for name, (ys, xs, k) in geo.windows.items()}
+        eyes = float((ry * geo.lids).sum())
+        self.last_field = None
+        if self.coarse_field:
+            g = self.size // COARSE
+            smooth = cv2.GaussianBlur(np.dstack([rx * m, ry * m]), (0, 0), self.cfg.region_radius * self.size)
+            self.last_field = cv2.resize(smooth, (g, g), interpolation=cv2.INTER_AREA)
+        return vectors, eyes, head
+
+    def update(self, gray: np.ndarray, index: int, box: CropBox | None,
+               landmarks: np.ndarray | None) -> FrameMotion | None:
+        """Store frame `index`; returns the movement of frame index - gap (None if it had no face)."""
+        if box is not None and box.angle != 0.0:  # an 'aligned' training box: spotting needs no rotation
+            box = CropBox(box.cx, box.cy, box.side)
+        self._frames.append((index, gray, box, landmarks))
+        if len(self._frames) <= self.gap:
+            return None
+        j, old, jbox, jlm = self._frames[0]
+        if j != index - self.gap or jbox is None or jlm is None:
+            return None
+        geo = self.geometry(jbox, jlm)
+        if self.cfg.align == "landmarks" and landmarks is not None:
+            flow = compute_flow(self.crop(old, jbox), self.aligned_crop(gray, jbox, jlm, landmarks),
+                                self.cfg.flow_backend, self.cfg.flow_params)
+        elif self.cfg.align == "flow":
+            flow = self.two_pass_flow(self.crop(old, jbox), self.crop(gray, jbox), geo)
+        else:
+            flow = self.flow(old, gray, jbox)
+        vectors, eyes, head = self.reduce(flow, geo)
+        field = self.last_field
+        if self.coarse_field and self.cfg.mesh_compensation and landmarks is not None:
+            field = self.mesh_residual(flow, geo, jbox, jlm, landmarks)
+        return FrameMotion(j, vectors, eyes, head, field, geo)
+
+    def two_pass_flow(self, a: np.ndarray, b: np.ndarray, geo: RegionGeometry) -> np.ndarray:
+        """Flow a -> b measured after removing the face's smooth movement: a fast coarse flow gives a
+        quadratic motion model of the face (robust fit), b is warped back by it, the fine flow measures
+        what is left (small, so precise), and the model is added back."""
+        s = self.size
+        half = s // 2
+        small = cv2.calcOpticalFlowFarneback(cv2.resize(a, (half, half), interpolation=cv2.INTER_AREA),
+                                             cv2.resize(b, (half, half), interpolation=cv2.INTER_AREA),
+                                             None, 0.5, 3, 9, 2, 5, 1.1, 0) * 2.0
+        keep = geo.mask[self._grid].reshape(-1) > 0
+        target = cv2.resize(small, (s, s), interpolation=cv2.INTER_LINEAR)[self._grid].reshape(-1, 2)
+        q = self._qdesign
+        if keep.sum() < 12:
+            return compute_flow(a, b, self.cfg.flow_backend, self.cfg.flow_params)
+        for _ in range(2):
+            coef, *_ = np.linalg.lstsq(q[keep], target[keep], rcond=None)
+            res = np.linalg.norm(q @ coef - target, axis=1)
+            keep = keep & (res <= np.quantile(res[keep], 0.7))
+        model = (self._qfull @ coef).reshape(s, s, 2).astype(np.float32)
+        grid_x, grid_y = self._full
+        warped = cv2.remap(b, grid_x + model[..., 0], grid_y + model[..., 1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+        return compute_flow(a, warped, self.cfg.flow_backend, self.cfg.flow_params) + model
+
+    def aligned_crop(self, gray: np.ndarray, box: CropBox, lm_a: np.ndarray, lm_b: np.ndarray) -> np.ndarray:
+        """Frame b cropped where frame a's box lies after the head's own movement a -> b (an affine fit
+        of the landmarks that expressions do not move), so the flow only has to measure what is left:
+        small movements, measured far more precisely than the head's pixels of travel."""
+        a, b = lm_a[STABLE_LANDMARKS], lm_b[STABLE_LANDMARKS]
+        design = np.column_stack([a, np.ones(len(a), np.float32)])
+        coef, *_ = np.linalg.lstsq(design, b, rcond=None)  # a -> b, (3, 2)
+        side = int(box.side)
+        x0, y0 = round(box.cx - side / 2), round(box.cy - side / 2)
+        # crop pixel (u, v) -> frame a point (x0 + u, y0 + v) -> frame b point via the fit
+        m = coef.T.astype(np.float64)  # (2, 3): [A | t]
+        m[:, 2] = m[:, :2] @ np.array([x0, y0], np.float64) + m[:, 2]
+        crop = cv2.warpAffine(gray, m, (side, side), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+        return cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA)
+
+    def mesh_residual(self, flow: np.ndarray, geo: RegionGeometry, box: CropBox, lm_a: np.ndarray,
+                      lm_b: np.ndarray) -> np.ndarray:
+        """The coarse movement field minus the face mesh's own movement (MediaPipe landmarks a -> b),
+        high-passed: whatever the tracked mesh explains (talking, head rotation with its parallax,
+        long expressions) is removed; a subtle movement the mesh does not follow is kept."""
+        size, g = self.size, self.size // COARSE
+        side = int(box.side)
+        scale = size / side
+        corner = np.array([round(box.cx - side / 2), round(box.cy - side / 2)], np.float32)
+        pts = (lm_a - corner) * scale
+        moved = (lm_b - lm_a) * scale
+        cells = np.clip((pts / COARSE).astype(np.int32), 0, g - 1)
+        acc = np.zeros((g, g, 3), np.float32)
+        np.add.at(acc, (cells[:, 1], cells[:, 0]), np.column_stack([moved, np.ones(len(moved), np.float32)]))
+        sigma_mesh = max(0.8, self.cfg.mesh_sigma * size / COARSE)
+        acc = cv2.GaussianBlur(acc, (0, 0), sigma_mesh)
+        mesh = acc[..., :2] / np.maximum(acc[..., 2:], 1e-3)
+        m = geo.mask
+        sr = self.cfg.region_radius * size
+        den = cv2.GaussianBlur(m, (0, 0), sr) + 1e-6
+        smooth = cv2.GaussianBlur(flow * m[..., None], (0, 0), sr) / den[..., None]
+        coarse = cv2.resize(smooth, (g, g), interpolation=cv2.INTER_AREA)
+        mc = (cv2.resize(m, (g, g), interpolation=cv2.INTER_AREA) > 0.5).astype(np.float32) * (acc[..., 2] > 0.05)
+        res = (coarse - mesh) * mc[..., None]
+        sh = self.cfg.highpass * size / COARSE
+        dm = cv2.GaussianBlur(mc, (0, 0), sh) + 1e-6
+        res = (res - cv2.GaussianBlur(res, (0, 0), sh) / dm[..., None]) * mc[..., None]
+        return res.astype(np.float32)
+
+
+def rise_return_score(v1: np.ndarray, v2: np.ndarray) -> float:
+    """max(0, |v1 + v2| / 2 - |v1 - v2| / 2): displaced from both sides, minus net displacement."""
+    return max(0.0, float(np.hypot(*(v1 + v2)) - np.hypot(*(v1 - v2))) / 2.0)
+
+
+# --- 2. thresholds -------------------------------------------------------------------------------
+class RegionThresholds:
+    """Per-region adaptive threshold: max(floor, calibration, median + k * MAD of recent idle scores)."""
+
+    def __init__(self, k: float, floor: float, window: int) -> None:
+        self.k, self.floor = k, floor
+        self.history: dict[str, deque[float]] = {}
+        self.window = window
+        self.baseline: dict[str, float] = {}
+        self._calib: dict[str, list[float]] = {}
+        self._cache: dict[str, float] = {}
+
+    def add(self, values: dict[str, float]) -> None:
+        for name, v in values.items():
+            self.history.setdefault(name, deque(maxlen=self.window)).append(v)
+        self._cache.clear()
+
+    def calibrate(self, values: dict[str, float]) -> None:
+        for name, v in values.items():
+            self._calib.setdefault(name, []).append(v)
+
+    def end_calibration(self) -> None:
+        """The calibration's noise (median + k * MAD per region) floors each region's threshold."""
+        for name, vs in self._calib.items():
+            w = np.asarray(vs)
+            med = float(np.median(w))
+            self.baseline[name] = med + self.k * float(np.median(np.abs(w - med))) * MAD_SCALE
+        self._calib = {}
+        self._cache.clear()
+
+    @property
+    def calibrating(self) -> bool:
+        return bool(self._calib)
+
+    def __getitem__(self, name: str) -> float:
+        thr = self._cache.get(name)
+        if thr is None:
+            h = self.history.get(name)
+            adaptive = 0.0
+            if h is not None and len(h) >= 5:
+                w = np.fromiter(h, dtype=np.float64)
+                med = float(np.median(w))
+                adaptive = med + self.k * float(np.median(np.abs(w - med))) * MAD_SCALE
+            thr = self._cache[name] = max(self.floor, self.baseline.get(name, 0.0), adaptive)
+        return thr
+
+
+# --- 3. intervals --------------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    """What the state machine sees at one candidate apex frame."""
+
+    index: int
+    ratios: dict[str, float]  # score / threshold per region
+    scores: dict[str, float]  # px
+    head: float
+    blink: bool
+    macro_regions: frozenset[str] = frozenset()
+    peaks: dict[str, tuple[int, int]] = field(default_factory=dict)  # region -> coarse cell of its peak
+
+
+@dataclass
+class Decision:
+    kind: str  # "spot" | "reject"
+    apex: Candidate
+    region: str
+    reason: str = ""
+
+
+class IntervalMachine:
+    """IDLE -> OPEN (best ratio >= 1) -> closes when the ratio falls below low_ratio or after
+    `max_open` frames -> spot or reject -> REFRACTORY for `refractory` frames -> IDLE."""
+
+    def __init__(self, cfg: SpotterConfig, max_open: int, refractory: int) -> None:
+        self.cfg, self.max_open, self.refractory = cfg, max_open, refractory
+        self.state = "idle"
+        self.best: Candidate | None = None
+        self.best_region = ""
+        self.best_ratio = 0.0
+        self.opened = -1
+        self.quiet_until = -1
+
+    def _reject_reason(self, c: Candidate, region: str) -> str:
+        n = len(c.ratios)
+        fired = sum(r >= 1.0 for r in c.ratios.values())
+        if n >= 4 and fired > self.cfg.max_fire_fraction * n:
+            return f"{fired} of {n} regions fired together"
+        if c.head > self.cfg.head_fast:
+            return f"head moving fast ({c.head:.1f} px)"
+        if region in c.macro_regions:
+            return "part of a longer expression"
+        return ""
+
+    def step(self, c: Candidate) -> Decision | None:
+        if c.blink:  # blink: the lid-dragged regions are not evidence
+            c.ratios = {k: (0.0 if k in BLINK_REGIONS else v) for k, v in c.ratios.items()}
+        region, ratio = max(c.ratios.items(), key=lambda kv: kv[1]) if c.ratios else ("", 0.0)
+        if self.state == "refractory":
+            if c.index < self.quiet_until:
+                return None
+            self.state = "idle"
+        if self.state == "idle":
+            if ratio >= 1.0:
+                self.state, self.best, self.best_region, self.best_ratio, self.opened = "open", c, region, ratio, c.index
+            return None
+        # open
+        if ratio > self.best_ratio:
+            self.best, self.best_region, self.best_ratio = c, region, ratio
+        if ratio >= self.cfg.low_ratio and c.index - self.opened < self.max_open:
+            return None
+        assert self.best is not None
+        best, best_region = self.best, self.best_region
+        self.state, self.quiet_until, self.best = "refractory", c.index + self.refractory, None
+        why = self._reject_reason(best, best_region)
+        return Decision("reject" if why else "spot", best, best_region, why)
+
+    @property
+    def active(self) -> bool:
+        return self.state == "open"
+
+
+@dataclass
+class _Run:
+    """A run of macro activity: frames start..last, its most displaced region and that displacement."""
+
+    start: int
+    last: int
+    region: str
+    peak: float
+    vector: np.ndarray
+    released: bool = False  # the region moved back the other way within the run
+
+
+# --- the spotter ----------------------------------------------------------------------------------
 class Spotter:
     """update(gray, index, t, box, landmarks) once per frame, in order; returns a SpotStep."""
 
     def __init__(self, cfg: SpotterConfig | None = None, fps: float = 30.0) -> None:
         self.cfg = c = cfg or SpotterConfig()
         self.fps = fps
-        self.ref_frames = max(1, round(c.ref_s * fps))
-        self.hangover = max(1, round(c.hangover_s * fps))
-        self.max_event = max(2, round(c.max_event_s * fps))
-        cap = self.ref_frames + self.max_event + 8
-        self._gray: list[np.ndarray | None] = [None] * cap
-        self._idx = np.full(cap, -1, dtype=np.int64)
-        self._time = np.zeros(cap, dtype=np.float64)
-        self._cap = cap
-        self._window: deque[float] = deque(maxlen=max(10, round(c.window_s * fps)))
-        self._calib: list[float] = []
-        self.baseline = 0.0  # threshold floor from the calibration period
-        self._open: _Open | None = None
-        self._run_start: int | None = None  # first frame of the current above-low streak
-        self._blinking = False
-        self._settled = 0
-        self.blink_settle = max(2, round(c.blink_settle_s * fps))
-        self._ref_floor = -1  # references never precede the last interval's end (no stale expression)
-        self._masks: dict[str, np.ndarray] = {}
-        self._fit_mask: np.ndarray | None = None
-        self._mask_key: tuple | None = None
-        s = c.flow_size
-        ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
-        self._xs, self._ys = xs, ys
-        step = max(2, s // 16)  # affine fit on a coarse grid: ~256 samples
-        self._grid = (slice(step // 2, s, step), slice(step // 2, s, step))
-        g = np.stack([np.ones_like(xs[self._grid]), xs[self._grid], ys[self._grid]], -1)
-        self._design = g.reshape(-1, 3)
-        self.threshold = c.min_threshold
-        self.low = c.low_ratio * c.min_threshold
+        self.gap = max(2, round(c.gap_s * fps))
+        self.regions = tuple(r for r in c.regions if r in REGION_ANCHORS)
+        self.scorer = MotionScorer(c, self.gap, c.flow_size, self.regions, c.highpass)
+        self.scorer.coarse_field = True
+        self.macro_gap = max(self.gap + 1, round(c.macro_gap_s * fps))
+        self.macro = MotionScorer(c, self.macro_gap, c.macro_flow_size, self.regions, c.macro_highpass)
+        self.thresholds = RegionThresholds(c.threshold_k, c.min_threshold, max(10, round(c.window_s * fps)))
+        self.machine = IntervalMachine(c, max_open=max(2, round(0.5 * c.max_micro_ms / 1000 * fps)),
+                                       refractory=max(1, round(c.refractory_s * fps)))
+        keep = 2 * self.macro_gap + self.gap + 8
+        self._motion: dict[int, FrameMotion] = {}  # candidate bookkeeping (recent frames only)
+        self._frames: dict[int, tuple[np.ndarray, CropBox | None, np.ndarray | None, float]] = {}
+        self._keep = keep
+        self._macro_active: dict[str, int] = {}  # region -> last frame with macro activity
+        self._macro_run: _Run | None = None  # the current run of macro activity
+        self._macro_rise: _Run | None = None  # the last finished run, waiting for its release
+        self._lids_down: deque[int] = deque(maxlen=64)  # frames whose lids moved down (blinks)
+        self._micro_apexes: deque[int] = deque(maxlen=16)
+        self.rejected: list[Decision] = []  # recent rejections (for diagnostics), bounded
+        self.threshold, self.low = 1.0, c.low_ratio
 
-    # --- buffers -----------------------------------------------------------------------------
-    def _store(self, gray: np.ndarray, index: int, t: float) -> None:
-        slot = index % self._cap
-        self._gray[slot] = gray
-        self._idx[slot] = index
-        self._time[slot] = t
-
-    def _get(self, index: int) -> np.ndarray | None:
-        slot = index % self._cap
-        return self._gray[slot] if index >= 0 and self._idx[slot] == index else None
-
+    # --- frames ----------------------------------------------------------------------------
     def time_of(self, index: int) -> float:
-        slot = index % self._cap
-        return float(self._time[slot]) if self._idx[slot] == index else index / self.fps
+        f = self._frames.get(index)
+        return f[3] if f is not None else index / self.fps
 
-    # --- motion ------------------------------------------------------------------------------
-    def _update_masks(self, box: CropBox, landmarks: np.ndarray) -> None:
-        key = (box, id(landmarks))
-        if key == self._mask_key:
-            return
-        self._mask_key = key
-        s = self.cfg.flow_size
-        side = int(box.side)
-        scale = s / side
-        # the crop's top-left corner exactly as slstt.preprocess.face.apply_crop rounds it (keep in step)
-        x0, y0 = int(round(box.cx - side / 2)), int(round(box.cy - side / 2))
-        pts = (landmarks - np.array([x0, y0], dtype=np.float32)) * scale
-        pad = 0.04 * s
+    def _remember(self, index: int, gray: np.ndarray, box: CropBox | None, lm: np.ndarray | None, t: float) -> None:
+        self._frames[index] = (gray, box, lm, t)
+        for old in [k for k in self._frames if k <= index - self._keep]:
+            del self._frames[old]
+        for old in [k for k in self._motion if k <= index - self._keep]:
+            del self._motion[old]
 
-        def rect(name: str, grow: float = 1.0) -> np.ndarray:
-            p = pts[REGIONS[name]]
-            lo, hi = p.min(0) - pad * grow, p.max(0) + pad * grow
-            m = np.zeros((s, s), dtype=bool)
-            xa, ya = (max(0, int(v)) for v in lo)
-            xb, yb = (min(s, int(np.ceil(v)) + 1) for v in hi)
-            m[ya:yb, xa:xb] = True
-            return m
+    # --- macro activity ----------------------------------------------------------------------
+    def _macro_step(self, m: FrameMotion | None, index: int) -> list[Interval]:
+        """Coarse displacements over macro_gap_s. A run of activity is a movement (an expression's
+        rise or its release); a rise followed by a release in the opposite direction within
+        max_event_s is a macro event. A lone run (a head turn, a shift of pose) is not."""
+        if m is None:
+            return []
+        scale = self.cfg.flow_size / self.cfg.macro_flow_size
+        moved = {k: float(np.hypot(*v)) * scale for k, v in m.vectors.items()}
+        if any(m.index - self.gap <= b <= m.index + self.macro_gap for b in self._lids_down):
+            moved = {k: v for k, v in moved.items() if k not in BLINK_REGIONS}  # a blink, not an expression
+        active = {k for k, v in moved.items() if v >= self.cfg.macro_score}
+        centre = m.index + self.macro_gap // 2  # the movement happened around the window's middle
+        for k in active:
+            self._macro_active[k] = centre
+        run = self._macro_run
+        if active:
+            region = max(active, key=lambda k: moved[k])
+            if run is None:
+                run = self._macro_run = _Run(m.index, centre, region, moved[region], m.vectors[region] * scale)
+            elif run.region in active:  # a short expression: rise and release inside one run
+                v = m.vectors[run.region] * scale
+                if float(v @ run.vector) < -0.3 * float(np.hypot(*v) * np.hypot(*run.vector)):
+                    run.released = True
+                elif not run.released and moved[run.region] > run.peak:
+                    run.peak, run.vector = moved[run.region], v
+            run.last = centre
+            return []
+        if run is None or centre - run.last <= self.gap:
+            return []
+        self._macro_run = None  # the run ended: a rise, or the release of an earlier rise
+        if run.released:
+            self._macro_rise = None
+            return self._macro_interval(run, run, index)
+        rise = self._macro_rise
+        if rise is not None and rise.region == run.region and run.start - rise.last <= round(self.cfg.max_event_s * self.fps):
+            cos = float(rise.vector @ run.vector) / (np.hypot(*rise.vector) * np.hypot(*run.vector) + 1e-9)
+            if cos < -0.3:
+                self._macro_rise = None
+                return self._macro_interval(rise, run, index)
+        self._macro_rise = run
+        return []
 
-        # the face only: its outline against the background moves with the head, not the expression
-        hull = np.zeros((s, s), dtype=np.uint8)
-        cv2.fillConvexPoly(hull, cv2.convexHull(pts.astype(np.int32)), 1)
-        inner = cv2.erode(hull, np.ones((5, 5), np.uint8), iterations=max(1, s // 64)) > 0
-        eyes = rect("eyes", 1.5)
-        self._masks = {}
-        for name in self.cfg.regions:
-            m = rect(name) & ~eyes & inner
-            if m.any():
-                self._masks[name] = m
-        self._masks["eyes"] = rect("eyes", 0.5)  # blink gating only, never scored
-        self._fit_mask = ((hull > 0) & ~eyes)[self._grid].reshape(-1)
+    def _macro_interval(self, rise: _Run, release: _Run, index: int) -> list[Interval]:
+        onset, offset = rise.start + self.macro_gap // 2, release.last
+        if (offset - onset) / self.fps < self.cfg.macro_min_s:
+            return []
+        apex = (rise.last + release.start + self.macro_gap) // 2 if rise is not release else (onset + offset) // 2
+        apex = min(max(apex, onset), offset)
+        peak = max(rise.peak, release.peak)
+        if peak < 2 * self.cfg.macro_score and any(onset <= a <= offset for a in self._micro_apexes):
+            return []  # a micro-expression already explains this movement
+        return [Interval(onset, apex, offset, self.time_of(onset), self.time_of(apex), self.time_of(offset),
+                         "macro", peak, self.cfg.macro_score, {rise.region: round(peak / self.cfg.macro_score, 3)},
+                         index, self.time_of(index), rise.region)]
 
-    def _crop(self, gray: np.ndarray, box: CropBox) -> np.ndarray:
-        s = self.cfg.flow_size
-        return cv2.resize(apply_crop(gray, box), (s, s), interpolation=cv2.INTER_AREA)
-
-    def motion(self, ref_gray: np.ndarray, gray: np.ndarray, box: CropBox) -> dict[str, float]:
-        """Mean head-compensated flow magnitude per region, ref -> current frame, same box."""
-        cur, ref = self._crop(gray, box), self._crop(ref_gray, box)
-        flow = compute_flow(cur, ref, self.cfg.flow_backend, self.cfg.flow_params)  # at current pixels
-        fx, fy = flow[..., 0], flow[..., 1]
-        a = self._design
-        b = np.stack([fx[self._grid].reshape(-1), fy[self._grid].reshape(-1)], -1)
-        keep = self._fit_mask if self._fit_mask is not None else np.ones(len(a), dtype=bool)
-        coef = None
-        for _ in range(2):  # robust affine fit: refit without the 30 % worst points
-            coef, *_ = np.linalg.lstsq(a[keep], b[keep], rcond=None)
-            res = np.linalg.norm(a @ coef - b, axis=1)
-            cut = np.quantile(res[keep], 0.7)
-            keep = keep & (res <= cut)
-        assert coef is not None
-        rx = fx - (coef[0, 0] + coef[1, 0] * self._xs + coef[2, 0] * self._ys)
-        ry = fy - (coef[0, 1] + coef[1, 1] * self._xs + coef[2, 1] * self._ys)
-        mag = cv2.magnitude(rx, ry)
-        regions = {name: float(mag[m].mean()) for name, m in self._masks.items()}
-        if "eyes" in self._masks:  # lids moving down (closing): flow cur->ref points up, so negate
-            regions["eyes_down"] = -float(ry[self._masks["eyes"]].mean())
-        # rigid head displacement (px, mean over the face) ref -> current, from the fitted model
-        fit = a[self._fit_mask] @ coef if self._fit_mask is not None and self._fit_mask.any() else a @ coef
-        regions["head"] = float(np.linalg.norm(fit, axis=1).mean())
-        return regions
-
-    # --- thresholds and intervals ------------------------------------------------------------
-    def _refresh_threshold(self) -> None:
-        c = self.cfg
-        if len(self._window) >= 5:
-            w = np.fromiter(self._window, dtype=np.float64)
-            med = float(np.median(w))
-            mad = float(np.median(np.abs(w - med))) * MAD_SCALE
-            adaptive, floor = med + c.threshold_k * mad, med + c.low_k * mad
-        else:
-            adaptive = floor = 0.0
-        self.threshold = max(c.min_threshold, self.baseline, adaptive)
-        self.low = max(c.low_ratio * self.threshold, floor)
-
-    def _close(self, ev: _Open, end: int, index: int, t: float) -> Interval | None:
-        c = self.cfg
-        onset = max(ev.onset - c.pad_frames, 0)
-        end = min(end + c.pad_frames, index)  # never a frame not seen yet
-        onset_s, offset_s = self.time_of(onset), self.time_of(end)
-        dur_ms = (offset_s - onset_s) * 1000.0 + 1000.0 / self.fps  # inclusive frame span
-        if dur_ms < c.min_micro_ms:
+    # --- micro candidates --------------------------------------------------------------------
+    def _candidate(self, index: int) -> Candidate | None:
+        """Candidate apex c = index - 2 * gap + gap... i.e. the frame whose both movements are known."""
+        c = index - self.gap  # motion of c (c -> c + gap) just arrived; v1 comes from c - gap
+        now, before = self._motion.get(c), self._motion.get(c - self.gap)
+        if now is None or before is None:
             return None
-        micro = dur_ms <= c.max_micro_ms and ev.peak <= c.macro_score
-        return Interval(onset, ev.apex, end, onset_s, self.time_of(ev.apex), offset_s,
-                        "micro" if micro else "macro", ev.peak, ev.threshold, dict(ev.regions), index, t)
+        scores: dict[str, float] = {}
+        raw: dict[str, float] = {}
+        self._peaks: dict[str, tuple[int, int]] = {}
+        if now.field is not None and before.field is not None and now.geometry is not None:
+            both = before.field - now.field  # v1 + v2 per cell (v2 = -now: c + gap back to c)
+            net = before.field + now.field  # v1 - v2: the net displacement c - gap -> c + gap
+            dense = np.maximum(0.0, np.hypot(both[..., 0], both[..., 1]) - np.hypot(net[..., 0], net[..., 1])) / 2
+            half = np.hypot(both[..., 0], both[..., 1]) / 2
+            for name, zone in now.geometry.zones.items():
+                values = np.where(zone, dense, -1.0)
+                k = int(np.argmax(values))
+                scores[name] = float(values.flat[k])
+                raw[name] = float(half[zone].max())
+                self._peaks[name] = divmod(k, values.shape[1])
+        # a blink: around c the upper lids went down and came back up (closing, then opening)
+        lids = [m.eyes for j in range(c - 2 * self.gap, c + 1) if (m := self._motion.get(j)) is not None]
+        blink = max(lids) > self.cfg.blink_gate and min(lids) < -0.5 * self.cfg.blink_gate
+        ratios = {k: s / self.thresholds[k] for k, s in scores.items()}
+        recent = c - self.gap
+        macro = frozenset(k for k, last in self._macro_active.items() if last >= recent)
+        cand = Candidate(c, ratios, scores, max(now.head, before.head), blink, macro, self._peaks)
+        cand_raw = raw
+        self._last_raw = cand_raw
+        return cand
 
+    def _profile_interval(self, d: Decision, index: int) -> Interval | None:
+        """Measure the event on the firing region's displacement from the frame before it."""
+        c = d.apex.index
+        a, b = c - self.gap, min(c + self.gap, index)
+        fa = self._frames.get(a)
+        if fa is None or fa[1] is None or fa[2] is None:
+            return None
+        gray_a, box, lm = fa[0], fa[1], fa[2]
+        if box.angle != 0.0:
+            box = CropBox(box.cx, box.cy, box.side)
+        geo = self.scorer.geometry(box, lm)
+        peak = d.apex.peaks.get(d.region)
+        if peak is None:
+            return None
+        crop_a = self.scorer.crop(gray_a, box)
+        disp = []
+        frames = [f for f in range(a, b + 1) if f in self._frames]
+        for f in frames:
+            if f == a:
+                disp.append(np.zeros(2))
+                continue
+            flow = compute_flow(crop_a, self.scorer.crop(self._frames[f][0], box), self.cfg.flow_backend,
+                                self.cfg.flow_params)
+            self.scorer.reduce(flow, geo)
+            assert self.scorer.last_field is not None
+            disp.append(self.scorer.last_field[peak])
+        p = np.asarray(disp)
+        # remove what moves linearly from a to b (slow drift), then measure along the peak direction
+        w = np.linspace(0.0, 1.0, len(p))[:, None]
+        p = p - w * p[-1:]
+        k = int(np.argmax(np.hypot(p[:, 0], p[:, 1])))
+        direction = p[k] / (np.hypot(*p[k]) + 1e-9)
+        prof = p @ direction
+        peak = float(prof[k])
+        if peak <= 0:
+            return None
+        edge = self.cfg.edge_ratio * peak
+        lo = k
+        while lo > 0 and prof[lo - 1] > edge:
+            lo -= 1
+        hi = k
+        while hi < len(prof) - 1 and prof[hi + 1] > edge:
+            hi += 1
+        onset, apex, offset = frames[max(lo - 1, 0)], frames[k], frames[min(hi + 1, len(frames) - 1)]
+        onset_s, offset_s = self.time_of(onset), self.time_of(offset)
+        dur_ms = (offset_s - onset_s) * 1000.0
+        if dur_ms < self.cfg.min_micro_ms:
+            return None
+        kind = "micro" if dur_ms <= self.cfg.max_micro_ms else "macro"
+        region_ratios = {r: round(v, 3) for r, v in sorted(d.apex.ratios.items(), key=lambda kv: -kv[1])[:4]}
+        return Interval(onset, apex, offset, onset_s, self.time_of(apex), offset_s, kind,
+                        d.apex.scores.get(d.region, 0.0), self.thresholds[d.region], region_ratios, index,
+                        self.time_of(index), d.region)
+
+    # --- per frame ------------------------------------------------------------------------------
     def update(self, gray: np.ndarray, index: int, t: float, box: CropBox | None,
                landmarks: np.ndarray | None) -> SpotStep:
         c = self.cfg
-        self._store(gray, index, t)
+        self._remember(index, gray, box, landmarks, t)
         closed: list[Interval] = []
-        ev = self._open
-        ref_index = ev.ref if ev is not None else max(index - self.ref_frames, self._ref_floor)
-        ref = self._get(ref_index)
-        if box is None or landmarks is None or ref is None:
-            self._open, self._run_start = None, None  # face lost: an open interval is abandoned
-            return SpotStep(index, t, float("nan"), self.threshold, self.low, False, closed)
-        if box.angle != 0.0:  # an 'aligned' training box: spotting itself needs no rotation
-            box = CropBox(box.cx, box.cy, box.side)
-        self._update_masks(box, landmarks)
-        regions = self.motion(ref, gray, box)
-        head = regions.pop("head", 0.0)
-        eyes = regions.pop("eyes", 0.0)
-        eyes_down = regions.pop("eyes_down", 0.0)
-        # A blink starts with the lids moving down (a surprise lifts them): from there until the eyes
-        # settle, no interval opens and references restart after it; eye motion leaking into the
-        # neighbouring regions is subtracted while the lids close or the blink lasts.
-        if self._blinking:  # over once the eyes stayed still for blink_settle_s (closed lids pause)
-            self._settled = self._settled + 1 if eyes < 0.5 * c.blink_gate else 0
-            self._blinking = self._settled < self.blink_settle
-        else:
-            self._blinking = eyes > c.blink_gate and eyes_down > 0.3 * eyes
-            self._settled = 0
-        if self._blinking or eyes_down > 0:
-            regions = {k: max(0.0, v - BLINK_LEAK.get(k, 0.0) * eyes) for k, v in regions.items()}
-        score = max(regions.values()) if regions else 0.0
-
-        if ev is None:
-            calibrating = t < c.calibrate_s
-            if calibrating:
-                self._calib.append(score)
-            elif self._calib:  # calibration just ended: its noise level floors the threshold
-                w = np.array(self._calib)
-                med = float(np.median(w))
-                self.baseline = med + c.threshold_k * float(np.median(np.abs(w - med))) * MAD_SCALE
-                self._calib = []
-                self._refresh_threshold()
-            if score > self.low:
-                self._run_start = index if self._run_start is None else self._run_start
-            else:
-                self._run_start = None
-            warm = t >= max(c.warmup_s, c.calibrate_s) and len(self._window) >= 5
-            if self._blinking:  # a blink: no new interval, and later references start after it
-                self._run_start, self._ref_floor = None, index
-            elif head > c.head_gate:  # the head is moving: no new interval, no statistics
-                self._run_start = None
-            elif warm and score > self.threshold and self._run_start is not None:
-                frozen = min(ref_index, self._run_start - 1)
-                if self._get(frozen) is None:
-                    frozen = ref_index
-                ev = self._open = _Open(self._run_start, frozen, self.threshold)
-            else:
-                self._window.append(score)
-                self._refresh_threshold()
-        if ev is not None:
-            if score > ev.peak:
-                ev.peak, ev.apex = score, index
-                ev.regions = regions
-            if score > self.low:
-                ev.last_above, ev.below = index, 0
-            else:
-                ev.below += 1
-            moved = head > c.head_limit  # too far from the frozen reference to compare faces
-            if ev.below >= self.hangover or index - ev.onset >= self.max_event or moved:
-                end = ev.last_above if ev.below >= self.hangover or moved else index
-                interval = self._close(ev, end, index, t)
+        motion = self.scorer.update(gray, index, box, landmarks)
+        if motion is not None:
+            self._motion[motion.index] = motion
+            if motion.eyes > c.blink_gate:
+                self._lids_down.append(motion.index)
+        macro_gray = gray
+        closed += self._macro_step(self.macro.update(macro_gray, index, box, landmarks), index)
+        cand = self._candidate(index)
+        if cand is None:
+            return SpotStep(index, t, float("nan"), self.threshold, self.low, self.machine.active, closed)
+        raw = self._last_raw
+        t_c = self.time_of(cand.index)
+        if c.calibrate_s > 0 and t_c < c.calibrate_s:
+            self.thresholds.calibrate(raw)
+            return SpotStep(index, t, 0.0, self.threshold, self.low, False, closed)
+        if self.thresholds.calibrating:
+            self.thresholds.end_calibration()
+        warm = t_c >= max(c.warmup_s, c.calibrate_s)
+        decision = self.machine.step(cand) if warm else None
+        if not self.machine.active:
+            self.thresholds.add(raw)  # statistics from idle frames only
+        if decision is not None:
+            if decision.kind == "spot":
+                interval = self._profile_interval(decision, index)
                 if interval is not None:
                     closed.append(interval)
-                self._open, self._run_start = None, None
-                self._ref_floor = index
-        return SpotStep(index, t, score, self.threshold, self.low, self._open is not None, closed)
+                    self._micro_apexes.append(interval.apex)
+            else:
+                self.rejected.append(decision)
+                del self.rejected[:-50]
+        best = max(cand.ratios.items(), key=lambda kv: kv[1]) if cand.ratios else ("", 0.0)
+        return SpotStep(index, t, float(best[1]), self.threshold, self.low, self.machine.active, closed, best[0])

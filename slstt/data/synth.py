@@ -11,6 +11,7 @@ numpy Generators seeded by (seed, subject, clip...), so the same seed gives byte
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -791,6 +792,12 @@ def synth_command(
     if style not in ("classic", "webcam"):
         raise SlsttError(f"--style must be classic or webcam, got {style!r}")
     class_list = _check_classes([c for c in classes.split(",") if c.strip()])
+    if seed < 0:
+        raise SlsttError(f"--seed must be 0 or more, got {seed}")
+    if not (math.isfinite(fps) and 1 <= fps <= 1000) or not 32 <= size <= 2048:
+        raise SlsttError(f"--fps must be in 1..1000 and --size in 32..2048; got {fps:g} and {size}")
+    if not math.isfinite(video_seconds) or video_seconds > 3600:
+        raise SlsttError(f"--video-seconds must be a finite number up to 3600, got {video_seconds:g}")
     if videos < 0:
         raise SlsttError(f"--videos must be 0 or more, got {videos}")
     if videos and video_seconds < 5:

@@ -78,11 +78,26 @@ def compute_flow(ref_gray: np.ndarray, gray: np.ndarray, backend: str = "farneba
         if unknown:
             raise SlsttError(f"flow_params: unknown Farneback parameter(s) {', '.join(unknown)}; known: {', '.join(FARNEBACK_PAPER)}")
         p = {**FARNEBACK_PAPER, **params}
-        return cv2.calcOpticalFlowFarneback(ref_gray, gray, None, p["pyr_scale"], p["levels"], p["winsize"],
-                                            p["iterations"], p["poly_n"], p["poly_sigma"], p["flags"])
+        try:
+            return cv2.calcOpticalFlowFarneback(ref_gray, gray, None, p["pyr_scale"], p["levels"], p["winsize"],
+                                                p["iterations"], p["poly_n"], p["poly_sigma"], p["flags"])
+        except cv2.error as exc:  # e.g. an image smaller than the window: one line, not an OpenCV dump
+            raise SlsttError(f"Farneback flow failed on {ref_gray.shape[1]}x{ref_gray.shape[0]} images with {p}: "
+                             f"{_cv_message(exc)}; check flow_params and the crop size") from None
     if backend in ("dis", "tvl1"):
-        return _solver(backend, params).calc(ref_gray, gray, None)
+        try:
+            return _solver(backend, params).calc(ref_gray, gray, None)
+        except cv2.error as exc:
+            raise SlsttError(f"{backend} flow failed on {ref_gray.shape[1]}x{ref_gray.shape[0]} images: "
+                             f"{_cv_message(exc)}; use larger crops (--flow-size) or smaller patches") from None
     raise SlsttError(f"unknown flow backend {backend!r}; choose farneback, dis or tvl1")
+
+
+def _cv_message(exc: cv2.error) -> str:
+    """The one informative line of an OpenCV error."""
+    text = str(exc).strip().splitlines()
+    line = next((t for t in text if "error:" in t), text[-1] if text else "OpenCV error")
+    return line.split("error:", 1)[-1].strip()
 
 
 def encode_flow(flow: np.ndarray, encoding: str = "hsv", uvm_scale: float = 8.0) -> np.ndarray:

@@ -1,0 +1,181 @@
+"""The spotter's three parts on their own (motion scorer, per-region thresholds, interval state
+machine) and together, on frames rendered here from the packaged face photo with known movements."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from slstt.data import synth
+from slstt.preprocess.face import crop_box
+from slstt.realtime.spotting import (
+    BLINK_REGIONS,
+    DEFAULT_REGIONS,
+    Candidate,
+    IntervalMachine,
+    MotionScorer,
+    RegionThresholds,
+    Spotter,
+    SpotterConfig,
+    rise_return_score,
+)
+
+FPS = 30.0
+
+
+@pytest.fixture(scope="module")
+def face():
+    """Gray photo, its landmarks and the lip-corner bump of a 3 px movement (field at full amplitude)."""
+    img = cv2.cvtColor(synth.photo(), cv2.COLOR_BGR2GRAY)
+    lm = synth.photo_landmarks().astype(np.float32)
+    bumps = synth.motion_bumps(lm, (synth.Motion((61,), up=0.6, out=0.8, sigma=0.12),), 3.0)
+    field = synth.bumps_field(bumps, img.shape[:2])
+    return img, lm, field
+
+
+def render(img: np.ndarray, shift: tuple[float, float], field: np.ndarray | None = None, k: float = 0.0) -> np.ndarray:
+    """The photo moved by `shift` plus k x a forward displacement field (backward-mapped approximation)."""
+    h, w = img.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    mx, my = xs - shift[0], ys - shift[1]
+    if field is not None and k:
+        mx, my = mx - k * field[..., 0], my - k * field[..., 1]
+    return cv2.remap(img, mx.astype(np.float32), my.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def moved_landmarks(lm: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
+    return (lm + np.array(shift, np.float32)).astype(np.float32)
+
+
+# --- rise-and-return score -------------------------------------------------------------------
+def test_rise_return_score_is_the_amplitude_of_a_return_and_zero_for_steady_motion():
+    v = np.array([1.0, 2.0])
+    assert rise_return_score(v, v) == pytest.approx(np.hypot(1, 2))  # displaced from both sides
+    assert rise_return_score(v, -v) == 0.0  # linear motion: c is between a and b
+    assert rise_return_score(v, np.zeros(2)) == 0.0  # a ramp (onset of a long expression)
+    assert 0 < rise_return_score(v, 0.5 * v) < rise_return_score(v, v)  # partial return: partial score
+
+
+# --- motion scorer ---------------------------------------------------------------------------
+def test_motion_scorer_finds_the_moved_region_and_ignores_head_translation(face):
+    img, lm, field = face
+    cfg = SpotterConfig()
+    scorer = MotionScorer(cfg, gap=1, size=cfg.flow_size, regions=DEFAULT_REGIONS, highpass=cfg.highpass)
+    scorer.coarse_field = True
+    box = crop_box(lm)
+    a = render(img, (0, 0))
+    b = render(img, (2.0, 1.0), field, 1.0)  # the head moved 2.2 px and the right lip corner 3 px more
+    assert scorer.update(a, 0, box, lm) is None
+    motion = scorer.update(b, 1, crop_box(moved_landmarks(lm, (2, 1))), moved_landmarks(lm, (2, 1)))
+    assert motion is not None and motion.index == 0 and motion.field is not None and motion.geometry is not None
+    scale = cfg.flow_size / box.side
+    assert motion.head == pytest.approx(np.hypot(2, 1) * scale, rel=0.35)  # rigid motion measured
+    peaks = {name: float(np.hypot(motion.field[..., 0], motion.field[..., 1])[zone].max())
+             for name, zone in motion.geometry.zones.items()}
+    best = max(peaks, key=peaks.get)
+    assert best == "lip_corner_r", peaks
+    far = [peaks[n] for n in ("inner_brow_l", "outer_brow_l", "glabella", "cheek_l") if n in peaks]
+    assert max(far) < 0.35 * peaks[best], peaks  # the translation itself left (almost) nothing
+
+
+# --- thresholds ------------------------------------------------------------------------------
+def test_region_threshold_is_median_plus_k_mad_with_floor_and_calibration():
+    rng = np.random.default_rng(0)
+    th = RegionThresholds(k=5.0, floor=0.05, window=500)
+    values = rng.normal(0.3, 0.02, 400)
+    for v in values:
+        th.add({"chin": float(v), "glabella": 0.0})
+    med = np.median(values)
+    mad = np.median(np.abs(values - med)) * 1.4826
+    assert th["chin"] == pytest.approx(med + 5 * mad, rel=1e-6)
+    assert th["glabella"] == 0.05  # a still region: the floor
+    for v in rng.normal(1.0, 0.1, 60):  # a noisier user calibrates: the floor rises for that region only
+        th.calibrate({"glabella": float(v)})
+    th.end_calibration()
+    assert th["glabella"] > 1.0 and th["chin"] == pytest.approx(med + 5 * mad, rel=1e-6)
+
+
+# --- interval state machine ------------------------------------------------------------------
+def _cand(i: int, ratios: dict[str, float], head: float = 0.5, blink: bool = False) -> Candidate:
+    full = {name: 0.1 for name in DEFAULT_REGIONS}
+    full.update(ratios)
+    return Candidate(i, full, {k: v * 0.2 for k, v in full.items()}, head, blink)
+
+
+def _run(machine: IntervalMachine, seq: list[Candidate]):
+    return [d for c in seq if (d := machine.step(c)) is not None]
+
+
+HUMP = [0.2, 0.6, 1.2, 2.0, 2.6, 2.1, 1.1, 0.4, 0.2, 0.1, 0.1, 0.1]
+
+
+def test_machine_spots_one_event_at_its_peak_and_names_the_region():
+    m = IntervalMachine(SpotterConfig(), max_open=8, refractory=9)
+    out = _run(m, [_cand(i, {"chin": r}) for i, r in enumerate(HUMP)])
+    assert len(out) == 1 and out[0].kind == "spot" and out[0].region == "chin" and out[0].apex.index == 4
+
+
+def test_machine_rejects_global_movements_and_fast_turns():
+    cfg = SpotterConfig()
+    everywhere = [_cand(i, {name: r for name in DEFAULT_REGIONS}) for i, r in enumerate(HUMP)]
+    out = _run(IntervalMachine(cfg, 8, 9), everywhere)
+    assert [d.kind for d in out] == ["reject"] and "regions fired together" in out[0].reason
+    turning = [_cand(i, {"chin": r}, head=cfg.head_fast + 1) for i, r in enumerate(HUMP)]
+    out = _run(IntervalMachine(cfg, 8, 9), turning)
+    assert [d.kind for d in out] == ["reject"] and "head moving fast" in out[0].reason
+
+
+def test_machine_ignores_lid_dragged_regions_during_a_blink_but_not_the_mouth():
+    cfg = SpotterConfig()
+    brow = next(iter(BLINK_REGIONS))
+    assert _run(IntervalMachine(cfg, 8, 9), [_cand(i, {brow: r}, blink=True) for i, r in enumerate(HUMP)]) == []
+    out = _run(IntervalMachine(cfg, 8, 9), [_cand(i, {"lower_lip": r}, blink=True) for i, r in enumerate(HUMP)])
+    assert len(out) == 1 and out[0].region == "lower_lip"
+
+
+def test_machine_gives_one_spot_per_event_non_maximum_suppression():
+    double = HUMP[:6] + [1.5, 2.4, 1.0] + [0.1] * 12  # a second crest right after the first: one event
+    out = _run(IntervalMachine(SpotterConfig(), 8, 9), [_cand(i, {"chin": r}) for i, r in enumerate(double)])
+    assert len(out) == 1 and out[0].kind == "spot"
+
+
+# --- the whole spotter -----------------------------------------------------------------------
+def _spot(frames: list[tuple[np.ndarray, np.ndarray]], cfg: SpotterConfig | None = None):
+    spotter = Spotter(cfg or SpotterConfig(), FPS)
+    closed = []
+    for i, (gray, lm) in enumerate(frames):
+        step = spotter.update(gray, i, i / FPS, crop_box(lm), lm)
+        closed += step.closed
+    return closed
+
+
+def test_spotter_finds_a_micro_movement_on_a_drifting_head_and_measures_its_interval(face):
+    img, lm, field = face
+    n, onset, apex, offset = 120, 70, 75, 80  # a 0.33 s rise and return at 2.3 s
+    profile = synth.rise_fall(np.arange(n), onset, apex, offset)
+    frames = []
+    for i in range(n):
+        shift = (0.08 * i, 0.03 * i)  # the head drifts 2.4 px/s all along
+        frames.append((render(img, shift, field, float(profile[i])), moved_landmarks(lm, shift)))
+    events = _spot(frames)
+    micro = [e for e in events if e.kind == "micro"]
+    assert len(micro) == 1, [(e.kind, e.onset, e.offset, e.region) for e in events]
+    e = micro[0]
+    inter = min(e.offset, offset) - max(e.onset, onset) + 1
+    union = max(e.offset, offset) - min(e.onset, onset) + 1
+    assert inter / union >= 0.5, (e.onset, e.apex, e.offset)
+    assert e.region.startswith("lip_corner") and abs(e.apex - apex) <= 2
+    assert (e.closed_index - e.apex) / FPS <= 0.5  # decided within 0.5 s of the apex
+
+
+def test_spotter_stays_quiet_on_head_motion_without_expressions(face):
+    img, lm, _ = face
+    n = 120
+    t = np.arange(n) / FPS
+    frames = []
+    for i in range(n):  # a nod-like back-and-forth of 3 px with a 0.6 s period plus a drift
+        shift = (0.05 * i, 3.0 * np.sin(2 * np.pi * t[i] / 0.6))
+        frames.append((render(img, shift), moved_landmarks(lm, shift)))
+    events = _spot(frames)
+    assert [e for e in events if e.kind == "micro"] == []
