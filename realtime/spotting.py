@@ -93,14 +93,16 @@ class SpotterConfig:
     edge_ratio: float = 0.25  # interval boundaries: profile below this fraction of its peak
     min_micro_ms: float = 100.0  # shorter intervals are noise and dropped
     max_micro_ms: float = 500.0  # longer: macro
-    max_fire_fraction: float = 0.5  # reject when more than this fraction of regions fire together
+    max_fire_fraction: float = 0.7  # reject when more than this fraction of regions fire together
     head_fast: float = 8.0  # px of head motion per gap (on the crop) above which candidates are rejected
     blink_gate: float = 0.5  # px of upper-lid downward movement that marks a blink
+    blink_factor: float = 2.0  # during a blink the other regions need this many times their threshold
     refractory_s: float = 0.3  # no new candidate this soon after an emitted event
     macro_gap_s: float = 1.0  # coarse scorer for long expressions
     macro_flow_size: int = 64
     macro_highpass: float = 0.3  # long expressions are broad: a wider local compensation
     macro_score: float = 0.75  # px (on a flow_size crop) of displacement over macro_gap_s: macro activity
+    macro_suppress: float = 2.5  # micro candidates are dropped where macro activity exceeds this x macro_score
     macro_min_s: float = 0.6  # macro activity lasting this long is a macro event
     max_event_s: float = 6.0  # macro activity longer than this is closed as one event
     warmup_s: float = 1.0  # no events before the statistics have this much data
@@ -224,6 +226,7 @@ class MotionScorer:
         uf, vf = xs.reshape(-1) / s - 0.5, ys.reshape(-1) / s - 0.5
         self._qfull = np.stack([np.ones_like(uf), uf, vf, uf * uf, uf * vf, vf * vf], 1).astype(np.float32)
         self._full = (xs, ys)
+        self.stride = 1  # measure every stride-th frame only (the coarse macro scorer)
         self.coarse_field = False  # also return the smoothed high-passed field (the micro scorer)
         self.last_field: np.ndarray | None = None
 
@@ -282,7 +285,7 @@ class MotionScorer:
         if box is not None and box.angle != 0.0:  # an 'aligned' training box: spotting needs no rotation
             box = CropBox(box.cx, box.cy, box.side)
         self._frames.append((index, gray, box, landmarks))
-        if len(self._frames) <= self.gap:
+        if len(self._frames) <= self.gap or index % self.stride:
             return None
         j, old, jbox, jlm = self._frames[0]
         if j != index - self.gap or jbox is None or jlm is None:
@@ -387,11 +390,15 @@ class RegionThresholds:
         self.baseline: dict[str, float] = {}
         self._calib: dict[str, list[float]] = {}
         self._cache: dict[str, float] = {}
+        self._added = 0
+        self.refresh = 1
 
     def add(self, values: dict[str, float]) -> None:
         for name, v in values.items():
             self.history.setdefault(name, deque(maxlen=self.window)).append(v)
-        self._cache.clear()
+        self._added += 1
+        if self._added % self.refresh == 0:  # medians of a 10 s window move slowly: refresh every few frames
+            self._cache.clear()
 
     def calibrate(self, values: dict[str, float]) -> None:
         for name, v in values.items():
@@ -460,7 +467,8 @@ class IntervalMachine:
 
     def _reject_reason(self, c: Candidate, region: str) -> str:
         n = len(c.ratios)
-        fired = sum(r >= 1.0 for r in c.ratios.values())
+        level = max(1.0, 0.5 * max(c.ratios.values(), default=0.0))  # comparable to the winner
+        fired = sum(r >= level for r in c.ratios.values())
         if n >= 4 and fired > self.cfg.max_fire_fraction * n:
             return f"{fired} of {n} regions fired together"
         if c.head > self.cfg.head_fast:
@@ -470,8 +478,8 @@ class IntervalMachine:
         return ""
 
     def step(self, c: Candidate) -> Decision | None:
-        if c.blink:  # blink: the lid-dragged regions are not evidence
-            c.ratios = {k: (0.0 if k in BLINK_REGIONS else v) for k, v in c.ratios.items()}
+        if c.blink:  # blink: the lid-dragged regions are not evidence, the others need more of it
+            c.ratios = {k: (0.0 if k in BLINK_REGIONS else v / self.cfg.blink_factor) for k, v in c.ratios.items()}
         region, ratio = max(c.ratios.items(), key=lambda kv: kv[1]) if c.ratios else ("", 0.0)
         if self.state == "refractory":
             if c.index < self.quiet_until:
@@ -522,7 +530,9 @@ class Spotter:
         self.scorer.coarse_field = True
         self.macro_gap = max(self.gap + 1, round(c.macro_gap_s * fps))
         self.macro = MotionScorer(c, self.macro_gap, c.macro_flow_size, self.regions, c.macro_highpass)
+        self.macro.stride = 2  # 1 s movements: every other frame is plenty
         self.thresholds = RegionThresholds(c.threshold_k, c.min_threshold, max(10, round(c.window_s * fps)))
+        self.thresholds.refresh = max(1, round(fps / 10))
         self.machine = IntervalMachine(c, max_open=max(2, round(0.5 * c.max_micro_ms / 1000 * fps)),
                                        refractory=max(1, round(c.refractory_s * fps)))
         keep = 2 * self.macro_gap + self.gap + 8
@@ -562,8 +572,9 @@ class Spotter:
             moved = {k: v for k, v in moved.items() if k not in BLINK_REGIONS}  # a blink, not an expression
         active = {k for k, v in moved.items() if v >= self.cfg.macro_score}
         centre = m.index + self.macro_gap // 2  # the movement happened around the window's middle
-        for k in active:
-            self._macro_active[k] = centre
+        for k in active:  # a strong, lasting movement: micro candidates there are part of it
+            if moved[k] >= self.cfg.macro_suppress * self.cfg.macro_score:
+                self._macro_active[k] = centre
         run = self._macro_run
         if active:
             region = max(active, key=lambda k: moved[k])
