@@ -158,6 +158,90 @@ def test_identities_differ_and_unknown_is_refused() -> None:
         webcam.plan_webcam_video(0, duration_s=3, identity="bob")
 
 
+def test_head_warp_keeps_orientation_and_is_exact_up_to_15_degrees() -> None:
+    """The warp is the projection of one smooth head surface: over the head (sprite alpha > 0.5)
+    its Jacobian determinant stays well above 0 (no fold) at every corner of the pose range, jaw
+    open or closed, and the per-pixel inversion lands where the projection says."""
+    import itertools
+
+    plan, scene = webcam.plan_webcam_video(0, duration_s=3, n_micro=0, face_px=120)
+    surface = scene.surface
+    ys, xs = np.nonzero(scene.sprite[::2, ::2, 3] > 128)
+    pts = np.column_stack([xs, ys]).astype(np.float64) * 2
+    value, dx, dy = surface._lookup(pts)
+    worst = np.inf
+    for yaw, pitch, roll, jaw in itertools.product((-15, 15), (-15, 15), (-8, 8), (0.0, 0.06 * plan.face_px)):
+        a = webcam.rotation(yaw, pitch, roll)[:2]
+        m = np.column_stack([a, jaw * a[:, 1]])
+        jx, jy = dx @ m.T, dy @ m.T
+        worst = min(worst, float((jx[:, 0] * jy[:, 1] - jy[:, 0] * jx[:, 1]).min()))
+        frame = value @ m.T + 300.0
+        back = surface.inverse(a, np.array([300.0, 300.0]), frame, jaw)
+        assert np.abs(back - pts).max() < 0.05, (yaw, pitch, roll, jaw)
+    assert worst > 0.3, worst
+
+
+GAP = 8  # frames between the three compared frames (c - GAP, c, c + GAP)
+
+
+def turning_head_plan(module=webcam) -> tuple:
+    """A 640x480, 120 px face plan with nothing but the head moving: poses like the ones where the
+    spline warp folded the brows (pitch about -11 deg while yawing/rolling, and a nod), no talk,
+    blink, hand, macro or micro event."""
+    plan, scene = module.plan_webcam_video(0, duration_s=4, n_micro=0, face_px=120)
+    plan.events, plan.jaw[:] = [], 0.0
+    t = np.linspace(0, 1, plan.n_frames)
+    plan.head[:] = 0.0
+    plan.head[:, 0] = -12 + 24 * t  # yaw -12 .. 12
+    plan.head[:, 1] = -11 + 4 * np.sin(2 * np.pi * t)  # pitch about -11, nodding a little
+    plan.head[:, 2] = 4 * np.sin(np.pi * t)  # roll
+    plan.head[:, 3:5] = 0.0
+    plan.head[:, 5] = 1.0
+    return plan, scene
+
+
+def rise_and_return(plan, scene, c: int, module=webcam) -> np.ndarray:
+    """|second temporal difference| (px, 112 px crop) of the Farneback flow on the face at frame c:
+    flow(c-GAP -> c) - flow(c-GAP -> c+GAP) / 2, minus its quadratic fit over the face (the smooth
+    part a rigid turn leaves), over the face hull of frame c-GAP (its outline trimmed)."""
+    frames = module.render_frames(plan, scene, [c - GAP, c, c + GAP], camera=False)
+    lm = scene.project(c - GAP)
+    side = plan.crop_px
+    x0, y0 = (lm.min(0) + lm.max(0)) / 2 - side / 2
+    m = np.array([[112 / side, 0, -x0 * 112 / side], [0, 112 / side, -y0 * 112 / side]])
+    gray = [cv2.warpAffine(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), m, (112, 112), flags=cv2.INTER_AREA) for f in frames]
+    half = cv2.calcOpticalFlowFarneback(gray[0], gray[1], None, *FARNEBACK)
+    full = cv2.calcOpticalFlowFarneback(gray[0], gray[2], None, *FARNEBACK)
+    second = half - full / 2
+    mask = np.zeros((112, 112), np.uint8)
+    hull = cv2.convexHull(np.round(lm @ m[:, :2].T + m[:, 2]).astype(np.int32))
+    cv2.fillConvexPoly(mask, hull, 1)
+    mask = cv2.erode(mask, np.ones((9, 9), np.uint8)).astype(bool)
+    y, x = np.nonzero(mask)
+    basis = np.column_stack([np.ones_like(x), x, y, x * x, x * y, y * y]).astype(np.float64) / [1, 112, 112, 112**2, 112**2, 112**2]
+    coef, *_ = np.linalg.lstsq(basis, second[y, x], rcond=None)
+    residual = np.zeros((112, 112))
+    residual[y, x] = np.linalg.norm(second[y, x] - basis @ coef, axis=1)
+    return residual
+
+
+RIGID_CENTRES = (20, 40, 60, 80, 100)
+
+
+def test_turning_head_has_no_brief_local_deformation() -> None:
+    """A head turning and nodding without any event: nothing on the face deforms briefly (the
+    spline warp used to fold/double the brows for a few frames: a local rise-and-return of the
+    flow of up to several px); an injected 2.5 px (112 px crop) micro brow raise does show."""
+    plan, scene = turning_head_plan()
+    worst = max(float(rise_and_return(plan, scene, c).max()) for c in RIGID_CENTRES)
+    assert worst < 0.5, worst
+    c = 60
+    amplitude = 2.5 * plan.crop_px / webcam.CROP_PX
+    plan.events = [webcam.WebcamEvent("micro", "brow_raise", c - 6, c, c + 6, "brow_raise", amplitude, "busy", "AU1+2")]
+    micro = float(rise_and_return(plan, scene, c).max())
+    assert micro > 1.0, micro  # Farneback on the 112 px crop sees about half the bump peak
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI and bad input
 

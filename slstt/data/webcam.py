@@ -3,9 +3,11 @@
 The classic long videos (synth.make_long_video) move the head with a 2-D affine only. These move a
 3-D head: the packaged photo's MediaPipe landmarks *with depth* (FaceLandmarker tasks API, cached
 per process) are rotated (yaw/pitch/roll up to ~15 deg) about a head centre behind the face,
-projected (weak perspective) and the photo is warped accordingly (thin-plate spline from the
-projected control points back to the photo, evaluated on a coarse grid, bilinearly upsampled and
-applied with cv2.remap), so the nose moves differently from the cheeks (parallax). On top:
+projected (weak perspective) and the photo is warped accordingly (HeadSurface: one smooth 3-D
+surface over the photo, fitted once per video through all 478 landmarks, its depth slope limited
+so it never turns its back to the camera within the pose range; each frame inverts its projection
+exactly on a coarse grid, bilinearly upsampled and applied with cv2.remap), so the nose moves
+differently from the cheeks (parallax) and nothing folds or jitters. On top:
 talking (jaw opening at 3-6 Hz syllable rate in 1-6 s bursts, dark mouth interior), macro
 expressions (0.5-4 s), blinks, a hand passing over the mouth or chin, lighting drift, auto-exposure
 steps, camera noise, and H.264 compression (ffmpeg libx264; OpenCV mp4v with a warning only when
@@ -103,6 +105,7 @@ INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 3
 UPPER_LIP_PTS = (0, 37, 39, 40, 185, 267, 269, 270, 409, 13, 82, 81, 80, 191, 312, 311, 310, 415)
 LOWER_INNER_LIP = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)  # corner to corner
 MOUTH_COLOUR = np.array([32, 36, 72], np.float32)  # BGR of the dark mouth interior
+RING_SLOPE = 0.6  # depth gained per pixel beyond the mesh outline (the head curving away)
 TPS_MUST = (0, 13, 14, 17, 61, 291, 152, 78, 308, 81, 311, 178, 402, 148, 377, 234, 454, 10, 1, 33, 263)
 
 
@@ -227,6 +230,20 @@ def tps_map(dst: np.ndarray, src: np.ndarray, query: np.ndarray, reg: float = 1.
     rhs[:k] = src
     coef = np.linalg.solve(a, rhs)
     return _tps_kernel(query, dst) @ coef[:k] + coef[k] + query @ coef[k + 1:]
+
+
+def tps_fit_eval(points: np.ndarray, values: np.ndarray, query: np.ndarray, reg: float = 1.0) -> np.ndarray:
+    """Thin-plate spline through points (K, 2) -> values (K, D) evaluated at query (N, 2)."""
+    k = len(points)
+    a = np.zeros((k + 3, k + 3))
+    a[:k, :k] = _tps_kernel(points, points) + reg * np.eye(k)
+    a[:k, k] = a[k, :k] = 1
+    a[:k, k + 1:] = points
+    a[k + 1:, :k] = points.T
+    rhs = np.zeros((k + 3, values.shape[1]))
+    rhs[:k] = values
+    coef = np.linalg.solve(a, rhs)
+    return _tps_kernel(query, points) @ coef[:k] + coef[k] + query @ coef[k + 1:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +382,120 @@ def _lighting(rng: np.random.Generator, n: int, fps: float) -> tuple[np.ndarray,
 # ---------------------------------------------------------------------------------------------
 # the renderer
 
+class HeadSurface:
+    """The head as a smooth 3-D surface over the sprite, and the exact inverse of its projection.
+
+    Every sprite pixel gets a head-centred 3-D position (x, y, z) and a jaw weight, fitted once
+    per scene (a regularised thin-plate spline through all 478 mesh points and the two rings,
+    sampled on a coarse sprite grid). A frame's warp is then the projection of that one surface,
+    inverted per output pixel by Newton's method. Fitting a spline through a few dozen projected
+    control points every frame (what was done before) overshot between points whose depths
+    differ (brow ridge, forehead, rings): the warp folded there in turned/nodding poses (Jacobian
+    determinant down to -2), so brows doubled for a few frames. A rigidly rotated smooth surface
+    cannot fold while it faces the camera, and nothing is re-fitted per frame (no jitter)."""
+
+    ITERATIONS = 5
+    REG_XY, REG_Z = 2.0, 10.0  # spline smoothing (units of a 120 px face)
+    MAX_SLOPE = 1.25  # depth change per pixel, at most
+
+    def __init__(self, src2: np.ndarray, lm3: np.ndarray, ctrl: dict[str, np.ndarray], sprite_size: tuple[int, int],
+                 step: int, jaw_w: np.ndarray):
+        self.step = step
+        gw, gh = sprite_size[0] // step + 2, sprite_size[1] // step + 2
+        gx, gy = np.meshgrid(np.arange(gw) * float(step), np.arange(gh) * float(step))
+        nodes = np.stack([gx.ravel(), gy.ravel()], 1)
+        # fitted in units of a 120 px face, so the smoothing does not depend on the face size; the
+        # depth is smoothed more than x, y: MediaPipe's depth is steep near the face outline and
+        # an exact fit overshoots there (the turned surface would fold)
+        unit = 120.0 / float(np.ptp(src2[:, 1]))
+        points = np.concatenate([src2, ctrl["ring_src"]]) * unit
+        values = np.concatenate([lm3, ctrl["ring3"]]) * unit
+        pos = np.column_stack([tps_fit_eval(points, values[:, :2], nodes * unit, reg=self.REG_XY),
+                               tps_fit_eval(points, values[:, 2:], nodes * unit, reg=self.REG_Z)])
+        pos = pos.reshape(gh, gw, 3) / unit
+        pos[..., 2] = self._limit_slope(pos[..., 2], step, self.MAX_SLOPE)
+        weight = self._jaw_field(pos, lm3, jaw_w)
+        self.field = np.dstack([pos, weight[..., None]]).reshape(-1, 4)  # x, y, z, jaw weight per node
+        self.shape = (gh, gw)
+        self.centre_xy = (src2 - lm3[:, :2]).mean(0)  # sprite position of the head-centre axis
+        self.z_mean = float(lm3[:, 2].mean())
+
+    @staticmethod
+    def _limit_slope(z: np.ndarray, step: float, slope: float) -> np.ndarray:
+        """The nearest surface below z whose depth changes by at most `slope` per pixel along the
+        grid axes and diagonals: MediaPipe's face outline and nose sides recede almost vertically,
+        and such a wall folds (turns its back to the camera) in a turned head. With slope 1.25 the
+        depth gradient is at most 1.25 * sqrt(2) = 1.77, so the projected surface keeps its
+        orientation (Jacobian determinant >= cos t - 1.77 sin t = 0.3 of the rigid one) up to a
+        combined rotation t of 21 deg (15 deg yaw and 15 deg pitch at once)."""
+        z = z.copy()
+        h, w = z.shape
+        moves = [(dy, dx, slope * step * float(np.hypot(dy, dx))) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+        for _ in range(h + w):
+            before = z.copy()
+            for dy, dx, cost in moves:  # pull each node to within `cost` of a nearer neighbour
+                src = before[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
+                dst = z[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+                np.minimum(dst, src + cost, out=dst)
+            if np.array_equal(z, before):
+                break
+        return z
+
+    @staticmethod
+    def _jaw_field(pos: np.ndarray, lm3: np.ndarray, jaw_w: np.ndarray) -> np.ndarray:
+        """WebcamScene._jaw_weights as a smooth function of head coordinates (equal at the mesh
+        points except the lifted upper lip, which gets a smooth band), fading out below the chin
+        and beside the face."""
+        x, y = pos[..., 0], pos[..., 1]
+        mouth_y, chin_x, chin_y = lm3[[13, 14], 1].mean(), lm3[synth.CHIN, 0], lm3[synth.CHIN, 1]
+        h = chin_y - mouth_y
+        half_w = np.abs(lm3[[234, 454], 0] - chin_x).mean()
+        below = np.clip((y - mouth_y + 0.02 * h) / (0.05 * h), 0, 1)
+        side = np.clip(1 - ((x - chin_x) / half_w) ** 2, 0.15, 1) * np.clip((1.5 - np.abs(x - chin_x) / half_w) / 0.5, 0, 1)
+        fade = np.clip(1 - (y - chin_y) / (0.6 * h), 0, 1)
+        upper = lm3[list(UPPER_LIP_PTS)]
+        lip_half = np.abs(upper[:, 0] - chin_x).max()
+        band = (np.exp(-0.5 * ((y - upper[:, 1].mean()) / (upper[:, 1].std() + 0.08 * h)) ** 2)
+                * np.clip(1 - ((x - chin_x) / (1.2 * lip_half)) ** 2, 0, 1))
+        return below * side * fade + (1 - below) * float(jaw_w[list(UPPER_LIP_PTS)].mean()) * band
+
+    def _lookup(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bilinear field values (N, 4) at sprite points s (N, 2) and their exact x and y
+        derivatives (so Newton converges fast); linear extrapolation outside the grid."""
+        gh, gw = self.shape
+        u = s / self.step
+        inside = np.clip(u, 0, (gw - 1.001, gh - 1.001))
+        i0 = np.floor(inside).astype(int)
+        f = inside - i0
+        fx, fy = f[:, :1], f[:, 1:]
+        k = i0[:, 1] * gw + i0[:, 0]
+        g00, g01, g10, g11 = (self.field[k], self.field[k + 1], self.field[k + gw], self.field[k + gw + 1])
+        top, bottom = g00 + (g01 - g00) * fx, g10 + (g11 - g10) * fx
+        dx = ((g01 - g00) * (1 - fy) + (g11 - g10) * fy) / self.step
+        dy = (bottom - top) / self.step
+        out = s - inside * self.step  # beyond the grid: continue along the border gradient
+        return top + (bottom - top) * fy + dx * out[:, :1] + dy * out[:, 1:], dx, dy
+
+    def inverse(self, a: np.ndarray, c: np.ndarray, query: np.ndarray, jaw: float) -> np.ndarray:
+        """Sprite points s with a @ P(s) + c + jaw * W(s) * a[:, 1] = query (N, 2)."""
+        a2 = a[:, :2]
+        s = (query - c - a[:, 2] * self.z_mean) @ np.linalg.inv(a2).T + self.centre_xy
+        for _ in range(self.ITERATIONS):
+            v, dx, dy = self._lookup(s)
+            # the jaw moves content along the head's y axis (a[:, 1]) by jaw * weight
+            m = np.column_stack([a, jaw * a[:, 1]])  # (2, 4): field (x, y, z, w) -> frame
+            residual = v @ m.T + c - query
+            jx, jy = dx @ m.T, dy @ m.T  # (N, 2): d frame / d sprite x, d sprite y
+            det = jx[:, 0] * jy[:, 1] - jy[:, 0] * jx[:, 1]
+            det = np.where(np.abs(det) < 1e-6, 1e-6, det)
+            delta = np.column_stack([jy[:, 1] * residual[:, 0] - jy[:, 0] * residual[:, 1],
+                                     jx[:, 0] * residual[:, 1] - jx[:, 1] * residual[:, 0]]) / det[:, None]
+            # at most two grid cells a step: Newton must not jump across the steep jaw/outline
+            length = np.linalg.norm(delta, axis=1, keepdims=True)
+            s = s - delta * np.minimum(1.0, 2 * self.step / np.maximum(length, 1e-9))
+        return s
+
+
 class WebcamScene:
     """Everything fixed for one video (sprite, background, control points) and per-frame rendering."""
 
@@ -419,10 +550,11 @@ class WebcamScene:
         for c in range(3):
             colour[..., c] *= 1 + skin * (self.identity.skin_gain[c] - 1) + hair * (self.identity.hair_gain[c] - 1)
         self.sprite = np.dstack([np.clip(colour, 0, 255), alpha * 255]).astype(np.float32)
-        # TPS control points: a spread subset of the mesh + two rings around the face
+        # control points: a spread subset of the mesh (idx) + two rings around the face (the warp uses the rings)
         self.ctrl = self._control_points(src3, s0, origin, half, centre)
         # padded canvas: background + static torso; the head ROI is always inside the padding
         self.step = max(4, int(round(plan.face_px / 20)))
+        self.surface = HeadSurface(self.src2, self.lm3, self.ctrl, (int(sw), int(sh)), self.step, self.jaw_w)
         roi_half = np.ceil(sprite_half * 1.15 / self.step).astype(int) * self.step
         self.roi_size = (int(2 * roi_half[0]), int(2 * roi_half[1]))
         self.pad = int(max(self.roi_size)) // 2 + 8
@@ -447,11 +579,16 @@ class WebcamScene:
         idx = np.array(chosen)
         ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
         mesh_c = (src3[:, :2].min(0) + src3[:, :2].max(0)) / 2 * s0 - origin
-        side_z = src3[[234, 454], 2].mean() * s0 - centre[2]  # depth of the face's sides
+        mesh = src3 * s0 - np.append(origin, 0.0) - centre
         rings = []
-        for scale, z in ((1.2, side_z), (1.9, 0.0)):  # outer ring: the head's outline, at its centre depth
-            xy = mesh_c + np.stack([np.cos(ang), np.sin(ang)], 1) * half * scale
-            rings.append(np.column_stack([xy - centre[:2], np.full(16, z)]))
+        for scale in (1.2, 1.9):
+            xy = mesh_c + np.stack([np.cos(ang), np.sin(ang)], 1) * half * scale - centre[:2]
+            # depth: the nearest mesh point's, receding gently (slope RING_SLOPE) with the distance
+            # from it. A steeper step (a ring at one depth) made a near-vertical wall at the
+            # hairline and below the chin, which folded when the head nodded.
+            dist = np.linalg.norm(xy[:, None] - mesh[None, :, :2], axis=2)
+            near = np.argmin(dist, axis=1)
+            rings.append(np.column_stack([xy, mesh[near, 2] + RING_SLOPE * dist[np.arange(16), near]]))
         ring = np.concatenate(rings)
         return {"idx": idx, "ring3": ring, "ring_src": ring[:, :2] + centre[:2]}
 
@@ -519,8 +656,6 @@ class WebcamScene:
         p = self.pad
         a, c = self.pose_matrix(i)
         lm3 = self.deformed(i)
-        ctrl_dst = np.concatenate([lm3[self.ctrl["idx"]] @ a.T, self.ctrl["ring3"] @ a.T]) + c
-        ctrl_src = np.concatenate([self.src2[self.ctrl["idx"]], self.ctrl["ring_src"]])
         rw, rh = self.roi_size
         x0, y0 = int(round(c[0] + p - rw / 2)), int(round(c[1] + p - rh / 2))  # ROI in padded coords
         # only the part of the ROI inside the frame (whole coarse cells): big faces overflow it
@@ -536,7 +671,7 @@ class WebcamScene:
         rw, rh = (kx1 - kx0) * st, (ky1 - ky0) * st
         origin = np.array([x0 - p, y0 - p], np.float64)  # the window's (0, 0) in frame coords
         shift = np.array([kx0 * st, ky0 * st], np.float64)
-        coarse = tps_map(ctrl_dst - origin + shift, ctrl_src, grid, reg=0.5).astype(np.float32)
+        coarse = self.surface.inverse(a, c - origin + shift, grid, float(self.plan.jaw[i])).astype(np.float32)
         map_x = cv2.resize(coarse[:, 0].reshape(ky1 - ky0, kx1 - kx0), (rw, rh), interpolation=cv2.INTER_LINEAR)
         map_y = cv2.resize(coarse[:, 1].reshape(ky1 - ky0, kx1 - kx0), (rw, rh), interpolation=cv2.INTER_LINEAR)
         if bumps:
