@@ -82,12 +82,12 @@ class SpotterConfig:
     gap_s: float = 0.25  # rise-and-return half window: flows span this many seconds
     highpass: float = 0.12  # local motion compensation: Gaussian sigma as a fraction of the crop
     region_radius: float = 0.04  # smoothing of the movement field (Gaussian sigma) as a fraction of the crop
-    align: str = "none"  # flow | landmarks | none: remove the head's smooth movement before the fine flow
+    align: str = "flow"  # flow | landmarks | none: remove the head's smooth movement before the fine flow
     mesh_compensation: bool = False  # subtract the tracked face mesh's own movement (see mesh_residual)
     mesh_sigma: float = 0.03  # spread of each landmark's movement (fraction of the crop)
     zone_radius: float = 0.09  # a region's movement may peak this far from its landmarks (fraction of the crop)
-    window_s: float = 10.0  # trailing window of each region's adaptive threshold
-    threshold_k: float = 6.0  # threshold = median + k * MAD of the region's idle scores
+    window_s: float = 5.0  # trailing window of each region's adaptive threshold
+    threshold_k: float = 5.0  # threshold = median + k * MAD of the region's idle scores
     min_threshold: float = 0.12  # px on the flow crop; floor for very still, noise-free video
     low_ratio: float = 0.5  # a candidate ends when the best ratio falls below this
     edge_ratio: float = 0.25  # interval boundaries: profile below this fraction of its peak
@@ -96,6 +96,8 @@ class SpotterConfig:
     max_fire_fraction: float = 0.7  # reject when more than this fraction of regions fire together
     head_fast: float = 8.0  # px of head motion per gap (on the crop) above which candidates are rejected
     blink_gate: float = 0.5  # px of upper-lid downward movement that marks a blink
+    isolation: float = 1.5  # a region must score this many times its own maximum of the 0.3 s before
+    head_leak: float = 0.15  # thresholds rise by this fraction of the head's own rise-and-return
     blink_factor: float = 2.0  # during a blink the other regions need this many times their threshold
     refractory_s: float = 0.3  # no new candidate this soon after an emitted event
     macro_gap_s: float = 1.0  # coarse scorer for long expressions
@@ -156,6 +158,7 @@ class FrameMotion:
     head: float  # rigid head motion magnitude (px)
     field: np.ndarray | None = None  # (g, g, 2) smoothed high-passed flow on a coarse grid
     geometry: RegionGeometry | None = None  # frame index's regions (zones on the coarse grid)
+    head_vector: np.ndarray | None = None  # the head's mean movement (px)
 
 
 class RegionGeometry:
@@ -229,6 +232,7 @@ class MotionScorer:
         self.stride = 1  # measure every stride-th frame only (the coarse macro scorer)
         self.coarse_field = False  # also return the smoothed high-passed field (the micro scorer)
         self.last_field: np.ndarray | None = None
+        self.last_head_vector = np.zeros(2)
 
     def geometry(self, box: CropBox, landmarks: np.ndarray) -> RegionGeometry:
         key = hash((box.cx, box.cy, box.side, landmarks.tobytes()))  # by content: ids of freed arrays recur
@@ -255,13 +259,16 @@ class MotionScorer:
         b = np.stack([fx[self._grid].reshape(-1), fy[self._grid].reshape(-1)], -1)
         keep = m[self._grid].reshape(-1) > 0
         head = 0.0
+        self.last_head_vector = np.zeros(2)
         if keep.sum() >= 12:
             a = self._design
             for _ in range(2):
                 coef, *_ = np.linalg.lstsq(a[keep], b[keep], rcond=None)
                 res = np.linalg.norm(a @ coef - b, axis=1)
                 keep = keep & (res <= np.quantile(res[keep], 0.7))
-            head = float(np.linalg.norm(a[keep] @ coef, axis=1).mean())
+            fitted = a[keep] @ coef
+            head = float(np.linalg.norm(fitted, axis=1).mean())
+            self.last_head_vector = fitted.mean(0)
         # local compensation: subtract the flow's normalised Gaussian blur over the face
         if geo.blurred_mask is None:  # once per box: the mask's blur normalises the flow's blur
             geo.blurred_mask = cv2.GaussianBlur(m, (0, 0), self._sigma) + 1e-6
@@ -302,7 +309,7 @@ class MotionScorer:
         field = self.last_field
         if self.coarse_field and self.cfg.mesh_compensation and landmarks is not None:
             field = self.mesh_residual(flow, geo, jbox, jlm, landmarks)
-        return FrameMotion(j, vectors, eyes, head, field, geo)
+        return FrameMotion(j, vectors, eyes, head, field, geo, self.last_head_vector)
 
     def two_pass_flow(self, a: np.ndarray, b: np.ndarray, geo: RegionGeometry) -> np.ndarray:
         """Flow a -> b measured after removing the face's smooth movement: a fast coarse flow gives a
@@ -467,7 +474,7 @@ class IntervalMachine:
 
     def _reject_reason(self, c: Candidate, region: str) -> str:
         n = len(c.ratios)
-        level = max(1.0, 0.5 * max(c.ratios.values(), default=0.0))  # comparable to the winner
+        level = max(1.0, 0.7 * max(c.ratios.values(), default=0.0))  # comparable to the winner
         fired = sum(r >= level for r in c.ratios.values())
         if n >= 4 and fired > self.cfg.max_fire_fraction * n:
             return f"{fired} of {n} regions fired together"
@@ -544,6 +551,7 @@ class Spotter:
         self._macro_rise: _Run | None = None  # the last finished run, waiting for its release
         self._lids_down: deque[int] = deque(maxlen=64)  # frames whose lids moved down (blinks)
         self._micro_apexes: deque[int] = deque(maxlen=16)
+        self._score_history: dict[int, dict[str, float]] = {}
         self.rejected: list[Decision] = []  # recent rejections (for diagnostics), bounded
         self.threshold, self.low = 1.0, c.low_ratio
 
@@ -575,22 +583,33 @@ class Spotter:
         for k in active:  # a strong, lasting movement: micro candidates there are part of it
             if moved[k] >= self.cfg.macro_suppress * self.cfg.macro_score:
                 self._macro_active[k] = centre
-        run = self._macro_run
         if active:
-            region = max(active, key=lambda k: moved[k])
-            if run is None:
-                run = self._macro_run = _Run(m.index, centre, region, moved[region], m.vectors[region] * scale)
-            elif run.region in active:  # a short expression: rise and release inside one run
-                v = m.vectors[run.region] * scale
-                if float(v @ run.vector) < -0.3 * float(np.hypot(*v) * np.hypot(*run.vector)):
-                    run.released = True
-                elif not run.released and moved[run.region] > run.peak:
-                    run.peak, run.vector = moved[run.region], v
-            run.last = centre
+            self._extend_run(m, moved, active, centre, scale)
             return []
+        run = self._macro_run
         if run is None or centre - run.last <= self.gap:
             return []
-        self._macro_run = None  # the run ended: a rise, or the release of an earlier rise
+        return self._end_run(run, index)
+
+    def _extend_run(self, m: FrameMotion, moved: dict[str, float], active: set[str], centre: int,
+                    scale: float) -> None:
+        run = self._macro_run
+        region = max(active, key=lambda k: moved[k])
+        if run is None:
+            run = self._macro_run = _Run(m.index, centre, region, moved[region], m.vectors[region] * scale)
+        elif run.region in active:  # a short expression: rise and release inside one run
+            v = m.vectors[run.region] * scale
+            if float(v @ run.vector) < -0.3 * float(np.hypot(*v) * np.hypot(*run.vector)):
+                run.released = True
+            elif not run.released and moved[run.region] > run.peak:
+                run.peak, run.vector = moved[run.region], v
+        run.last = centre
+        if centre - run.start > round(self.cfg.max_event_s * self.fps):  # continuous movement (talking,
+            self._macro_run, self._macro_rise = None, None  # fidgeting): not one expression
+
+    def _end_run(self, run: _Run, index: int) -> list[Interval]:
+        """The run ended: a rise, the release of an earlier rise, or both."""
+        self._macro_run = None
         if run.released:
             self._macro_rise = None
             return self._macro_interval(run, run, index)
@@ -618,35 +637,45 @@ class Spotter:
 
     # --- micro candidates --------------------------------------------------------------------
     def _candidate(self, index: int) -> Candidate | None:
-        """Candidate apex c = index - 2 * gap + gap... i.e. the frame whose both movements are known."""
+        """The candidate apex c = index - gap: the frame whose movements from c - gap and to c + gap
+        are both known now."""
         c = index - self.gap  # motion of c (c -> c + gap) just arrived; v1 comes from c - gap
         now, before = self._motion.get(c), self._motion.get(c - self.gap)
         if now is None or before is None:
             return None
         scores: dict[str, float] = {}
-        raw: dict[str, float] = {}
-        self._peaks: dict[str, tuple[int, int]] = {}
+        peaks: dict[str, tuple[int, int]] = {}
         if now.field is not None and before.field is not None and now.geometry is not None:
             both = before.field - now.field  # v1 + v2 per cell (v2 = -now: c + gap back to c)
             net = before.field + now.field  # v1 - v2: the net displacement c - gap -> c + gap
             dense = np.maximum(0.0, np.hypot(both[..., 0], both[..., 1]) - np.hypot(net[..., 0], net[..., 1])) / 2
-            half = np.hypot(both[..., 0], both[..., 1]) / 2
             for name, zone in now.geometry.zones.items():
                 values = np.where(zone, dense, -1.0)
                 k = int(np.argmax(values))
                 scores[name] = float(values.flat[k])
-                raw[name] = float(half[zone].max())
-                self._peaks[name] = divmod(k, values.shape[1])
+                peaks[name] = divmod(k, values.shape[1])
         # a blink: around c the upper lids went down and came back up (closing, then opening)
         lids = [m.eyes for j in range(c - 2 * self.gap, c + 1) if (m := self._motion.get(j)) is not None]
         blink = max(lids) > self.cfg.blink_gate and min(lids) < -0.5 * self.cfg.blink_gate
-        ratios = {k: s / self.thresholds[k] for k, s in scores.items()}
+        # the head itself rose and returned (a nod, a shake): what the flow gets wrong grows with it
+        head_rr = 0.0
+        if now.head_vector is not None and before.head_vector is not None:
+            head_rr = rise_return_score(before.head_vector, -now.head_vector)
+        bar = self.cfg.head_leak * head_rr
+        # isolation: a micro-expression rises from calm; a region that moved as much just before it
+        # (talking, chewing, fidgeting) is not evidence of one
+        past: dict[str, float] = {}
+        for j in range(c - 2 * self.gap - 4, c - self.gap + 1):
+            for k, v in self._score_history.get(j, {}).items():
+                past[k] = max(past.get(k, 0.0), v)
+        ratios = {k: (s / (self.thresholds[k] + bar) if s > self.cfg.isolation * past.get(k, 0.0) else 0.0)
+                  for k, s in scores.items()}
+        self._score_history[c] = scores
+        for old in [j for j in self._score_history if j < c - 3 * self.gap]:
+            del self._score_history[old]
         recent = c - self.gap
         macro = frozenset(k for k, last in self._macro_active.items() if last >= recent)
-        cand = Candidate(c, ratios, scores, max(now.head, before.head), blink, macro, self._peaks)
-        cand_raw = raw
-        self._last_raw = cand_raw
-        return cand
+        return Candidate(c, ratios, scores, max(now.head, before.head), blink, macro, peaks)
 
     def _profile_interval(self, d: Decision, index: int) -> Interval | None:
         """Measure the event on the firing region's displacement from the frame before it."""
@@ -718,17 +747,16 @@ class Spotter:
         cand = self._candidate(index)
         if cand is None:
             return SpotStep(index, t, float("nan"), self.threshold, self.low, self.machine.active, closed)
-        raw = self._last_raw
         t_c = self.time_of(cand.index)
         if c.calibrate_s > 0 and t_c < c.calibrate_s:
-            self.thresholds.calibrate(raw)
+            self.thresholds.calibrate(cand.scores)
             return SpotStep(index, t, 0.0, self.threshold, self.low, False, closed)
         if self.thresholds.calibrating:
             self.thresholds.end_calibration()
         warm = t_c >= max(c.warmup_s, c.calibrate_s)
         decision = self.machine.step(cand) if warm else None
         if not self.machine.active:
-            self.thresholds.add(raw)  # statistics from idle frames only
+            self.thresholds.add(cand.scores)  # each region's own recent scores, idle frames only
         if decision is not None:
             if decision.kind == "spot":
                 interval = self._profile_interval(decision, index)
