@@ -1,8 +1,14 @@
 """The authors' published checkpoints (`model_best_*.pth.tar`, spec section 7) -> the project's SLSTT.
 
-Everything is inferred from the tensors: aggregator (lstm.* keys or not), class count, input size
-(position embedding tokens x patch size), backbone size (embedding dim) and the LSTM/head sizes.
-Class NAMES are not stored in those files; they are guessed from the file name and marked as assumed.
+Everything is inferred from the tensors: class count, input size (position embedding tokens x patch
+size), backbone size (embedding dim), the LSTM/head sizes and the aggregator. The authors' `SLSTT`
+module always builds `lstm`, `fc1`, `fc2` AND `vit.fc`, so every file holds every key; the aggregation
+was a training flag. What training leaves tells them apart (spec section 7): under LSTM `vit.fc` keeps
+its zero initialisation (never in the graph); under Mean `lstm.*`, `fc1`, `fc2` keep their random
+initialisation (inside PyTorch's init bounds, biases of N(0, 1e-6) or default-init size), while `vit.fc`
+is trained. `aggregator=` overrides the detection when the evidence is ambiguous, and is refused when
+the file contradicts it. Class NAMES are not stored in those files; they are guessed from the file name
+and marked as assumed.
 """
 
 from __future__ import annotations
@@ -59,7 +65,72 @@ def _vit_backbone_name(dim: int, depth: int, patch: int, input_size: int) -> str
     raise SlsttError(f"timm has no ViT-{size} with patch {patch} for this authors' checkpoint")
 
 
-def infer_model_config(state: dict[str, torch.Tensor], labels: list[str], scheme: str) -> ModelConfig:
+AGGREGATOR_HINT = "pass aggregator='lstm' or 'mean' (CLI: --aggregator lstm|mean)"
+
+
+def _within(tensor: torch.Tensor, bound: float) -> bool:
+    # float32 sampling can land a hair outside the bound; 1e-6 relative covers it, training does not
+    return bool(tensor.detach().abs().max() <= bound * (1 + 1e-6)) if tensor.numel() else True
+
+
+def untouched_lstm_head(state: dict[str, torch.Tensor]) -> tuple[bool, str]:
+    """(True, why) when lstm.*, fc1, fc2 still hold values their initialisation can produce:
+    nn.LSTM's uniform(+-1/sqrt(hidden)); fc weights within the Xavier-uniform or nn.Linear default
+    bound; fc biases of N(0, 1e-6) (the ViT-style init) or within nn.Linear's default bound. Trained
+    weights leave these bounds: with hundreds of thousands of uniform values, many sit at the edge and
+    any update pushes some of them past it."""
+    hidden = state["lstm.weight_hh_l0"].shape[1]
+    lstm_bound = 1.0 / math.sqrt(hidden)
+    for key in sorted(k for k in state if k.startswith("lstm.")):
+        if not _within(state[key], lstm_bound):
+            return False, f"{key} leaves nn.LSTM's init range +-{lstm_bound:.4g} (trained)"
+    for name in ("fc1", "fc2"):
+        weight, bias = state[f"{name}.weight"], state[f"{name}.bias"]
+        fan_out, fan_in = weight.shape
+        w_bound = max(math.sqrt(6.0 / (fan_in + fan_out)), 1.0 / math.sqrt(fan_in))
+        if not _within(weight, w_bound):
+            return False, f"{name}.weight leaves its init range +-{w_bound:.4g} (trained)"
+        if not _within(bias, max(1e-4, 1.0 / math.sqrt(fan_in))):
+            return False, f"{name}.bias leaves its init range (trained)"
+    return True, "lstm/fc1/fc2 hold untouched initial values"
+
+
+def detect_aggregator(state: dict[str, torch.Tensor], given: str | None = None, where: str = "checkpoint") -> str:
+    """'lstm' | 'mean' from what the authors' training leaves in the file (see the module doc); `given`
+    is used when the evidence is ambiguous and refused (one line) when the evidence contradicts it."""
+    if given is not None and given not in ("lstm", "mean"):
+        raise SlsttError(f"aggregator {given!r} is not valid; {AGGREGATOR_HINT}")
+    has_lstm = all(k in state for k in ("lstm.weight_hh_l0", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"))
+    has_fc = "vit.fc.weight" in state and "vit.fc.bias" in state
+    if not has_lstm and not has_fc:
+        raise SlsttError(f"{where}: authors' checkpoint has neither lstm/fc1/fc2 nor vit.fc tensors; expected {EXPECTED}")
+    if not has_lstm or not has_fc:  # a file from another writer with only one head: nothing to decide
+        found = "lstm" if has_lstm else "mean"
+        if given is not None and given != found:
+            raise SlsttError(f"{where}: aggregator {given!r} given but the file only holds the {found} head's "
+                             f"tensors; pass aggregator='{found}' or leave it out")
+        return found
+    fc_zero = not (state["vit.fc.weight"].any() or state["vit.fc.bias"].any())
+    untouched, why = untouched_lstm_head(state)
+    if fc_zero:
+        evidence, found = "vit.fc is all zero (never trained: the LSTM aggregation)", "lstm"
+    elif untouched:
+        evidence, found = f"vit.fc is trained and {why} (the Mean aggregation)", "mean"
+    else:
+        evidence, found = f"vit.fc is trained and {why}", None
+    if found is None:
+        if given is None:
+            raise SlsttError(f"{where}: cannot tell the aggregator of this authors' checkpoint: {evidence}, so "
+                             f"both heads look trained; {AGGREGATOR_HINT}")
+        return given
+    if given is not None and given != found:
+        raise SlsttError(f"{where}: aggregator {given!r} contradicts the file: {evidence}; "
+                         f"pass aggregator='{found}' or leave it out (auto-detect)")
+    return found
+
+
+def infer_model_config(state: dict[str, torch.Tensor], labels: list[str], scheme: str,
+                       aggregator: str = "lstm") -> ModelConfig:
     patch_w = state["vit.patch_embedding.weight"]  # (dim, 3, p, p)
     dim, patch = patch_w.shape[0], patch_w.shape[-1]
     tokens = state["vit.positional_embedding.pos_embedding"].shape[1]
@@ -70,7 +141,7 @@ def infer_model_config(state: dict[str, torch.Tensor], labels: list[str], scheme
     input_size = grid * patch
     common = dict(backbone=_vit_backbone_name(dim, depth, patch, input_size), input_size=input_size,
                   num_frames=11, labels=labels, class_scheme=scheme)
-    if "lstm.weight_ih_l0" in state:
+    if aggregator == "lstm":
         layers = sum(1 for k in state if k.startswith("lstm.weight_ih_l"))
         return ModelConfig(aggregator="lstm", num_classes=state["fc2.weight"].shape[0],
                            lstm_hidden=state["lstm.weight_hh_l0"].shape[1], lstm_layers=layers,
@@ -113,8 +184,9 @@ def _plain_number(value: Any) -> Any:
 
 
 def load_authors_checkpoint(source: str | Path | dict, name: str | None = None,
-                            map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """An authors' checkpoint (path or already-loaded dict) as a project SLSTT in eval mode."""
+                            map_location: str | torch.device = "cpu", aggregator: str | None = None) -> LoadedCheckpoint:
+    """An authors' checkpoint (path or already-loaded dict) as a project SLSTT in eval mode.
+    aggregator: 'lstm' | 'mean' | None (detected from the tensors, see `detect_aggregator`)."""
     if isinstance(source, dict):
         data, path = source, None
     else:
@@ -124,11 +196,13 @@ def load_authors_checkpoint(source: str | Path | dict, name: str | None = None,
     state = authors_state_dict(data)
     if state is None:
         raise SlsttError(f"{path or 'checkpoint dict'}: not an SLSTT-authors checkpoint; expected {EXPECTED}")
-    num_classes = (state.get("fc2.weight", state.get("vit.fc.weight"))).shape[0]
+    where = str(path or name or "checkpoint dict")
+    chosen = detect_aggregator(state, aggregator, where)
+    num_classes = state["fc2.weight" if chosen == "lstm" else "vit.fc.weight"].shape[0]
     dataset, scheme, note, fold = labels_from_name(name, num_classes)
     labels = list(CLASS_SCHEMES[scheme].labels) if scheme else []
     try:
-        cfg = infer_model_config(state, labels, scheme)
+        cfg = infer_model_config(state, labels, scheme, chosen)
         model = SLSTT(cfg, build_backbone(cfg, pretrained=False))
         model.load_state_dict(convert_state_dict(state, cfg), strict=True)
     except (KeyError, RuntimeError) as exc:
@@ -148,6 +222,8 @@ def load_authors_checkpoint(source: str | Path | dict, name: str | None = None,
         "assumptions": [note, "preprocessing assumed to be the paper's (spec section 1)"],
         "protocol": "loso",
         "fold": fold,
+        "aggregator": chosen,
+        "aggregator_source": "given" if aggregator is not None else "detected",
         "optimistic": True,  # the authors kept the best epoch on the test subject (spec section 3)
         "selection": "best epoch on the left-out subject (authors' code)",
         "data_fps": DATASET_FPS.get(dataset),

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from authors_reference import AuthorsSLSTT, ViT, randomize
+from authors_reference import AuthorsSLSTT, ViT, authors_model, randomize, save_like_authors
 
 from slstt.config import ModelConfig, PreprocessConfig
 from slstt.errors import SlsttError
@@ -32,14 +32,15 @@ def one_line_error(fn, *args, **kwargs) -> str:
     return message
 
 
+AUTHORS_SIZES = dict(dim=192, depth=12, heads=3, image_size=32)
+
+
 def authors_file(tmp_path: Path, name: str, aggregator: str, num_classes: int, seed: int = 0):
-    """An authors'-style model_best_*.pth.tar from the reference network with random weights."""
-    ref = randomize(AuthorsSLSTT(num_classes, aggregator, dim=192, depth=12, heads=3, image_size=32), seed).eval()
-    state = {f"module.{k}": v for k, v in ref.state_dict().items()}  # DataParallel prefix
+    """A model_best_*.pth.tar written as the authors' class writes it: every key (vit.fc, lstm, fc1,
+    fc2) present, untouched tensors at their initial values, a few steps of their training."""
+    ref = authors_model(num_classes, aggregator, seed=seed, lr=0.5, **AUTHORS_SIZES)
     path = tmp_path / name
-    torch.save({"epoch": 12, "arch": "vit_b16", "state_dict": state, "best_acc1": torch.tensor(61.5),
-                "best_f1": np.float64(0.47),  # numpy scalar, as scikit-learn returns
-                "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "momentum": 0.9, "params": [0, 1]}]}}, path)
+    save_like_authors(ref, path)
     return ref, path
 
 
@@ -108,14 +109,56 @@ def test_authors_checkpoint_matches_reference_network(tmp_path, aggregator, name
     assert loaded.preprocess_config.input_size == 32 and loaded.preprocess_config.num_frames == 11
     assert loaded.meta["labels_assumed"] and loaded.meta["epoch"] == 12
     assert loaded.meta["metrics"] == {"best_acc1": 61.5, "best_f1": pytest.approx(0.47)}
+    assert loaded.meta["aggregator"] == aggregator and loaded.meta["aggregator_source"] == "detected"
+    raw = torch.load(path, weights_only=False)["state_dict"]
+    assert {"module.vit.fc.weight", "module.lstm.weight_ih_l2", "module.fc1.weight", "module.fc2.bias"} <= set(raw)
     frames = torch.randn(2, 11, 3, 32, 32)
     with torch.no_grad():
-        diff = (loaded.model(frames) - ref(frames)).abs().max().item()
+        expected = ref(frames)
+        diff = (loaded.model(frames) - expected).abs().max().item()
     assert diff <= 1e-4, diff
+    assert expected.abs().max() > 0.05  # a trained head, not all-zero logits
     # the same conversion from an already-loaded dict (no prefix this time)
     again = load_authors_checkpoint({"state_dict": ref.state_dict()})
     with torch.no_grad():
         assert (again.model(frames) - ref(frames)).abs().max().item() <= 1e-4
+    # the explicit flag that agrees with the file changes nothing
+    given = load_checkpoint(path, aggregator=aggregator)
+    assert given.meta["aggregator_source"] == "given"
+    with torch.no_grad():
+        assert torch.equal(given.model(frames), loaded.model(frames))
+
+
+def test_authors_aggregator_contradiction_and_ambiguity_one_line(tmp_path):
+    """The wrong --aggregator is refused naming the evidence; a file whose heads both look trained
+    needs the flag, and with it loads as asked."""
+    _, lstm_path = authors_file(tmp_path, "model_best_casme2_sub01.pth.tar", "lstm", 5, seed=1)
+    ref_mean, mean_path = authors_file(tmp_path, "model_best_smic_s1.pth.tar", "mean", 3, seed=2)
+    message = one_line_error(load_checkpoint, lstm_path, aggregator="mean")
+    assert "vit.fc is all zero" in message and "aggregator='lstm'" in message
+    message = one_line_error(load_checkpoint, mean_path, aggregator="lstm")
+    assert "vit.fc is trained" in message and "untouched" in message and "aggregator='mean'" in message
+    assert "not valid" in one_line_error(load_checkpoint, mean_path, aggregator="avg")
+
+    # both heads trained (not something the authors' code writes): ambiguous without the flag
+    both = authors_model(3, "mean", seed=3, lr=0.5, **AUTHORS_SIZES)
+    with torch.no_grad():
+        both.lstm.weight_hh_l0.add_(0.5)
+    path = tmp_path / "model_best_smic_s2.pth.tar"
+    save_like_authors(both, path)
+    message = one_line_error(load_checkpoint, path)
+    assert "cannot tell the aggregator" in message and "--aggregator lstm|mean" in message
+    frames = torch.randn(1, 11, 3, 32, 32)
+    with torch.no_grad():
+        loaded = load_checkpoint(path, aggregator="mean").model(frames)
+        assert (loaded - both(frames)).abs().max().item() <= 1e-4
+        both.aggregator = "lstm"
+        loaded = load_checkpoint(path, aggregator="lstm").model(frames)
+        assert (loaded - both(frames)).abs().max().item() <= 1e-4
+
+    # a project checkpoint stores its aggregator: a different flag is refused
+    save_checkpoint(tmp_path / "p.pt", create_model(tiny_cfg(aggregator="mean")), meta={})
+    assert "trained with 'mean'" in one_line_error(load_checkpoint, tmp_path / "p.pt", aggregator="lstm")
 
 
 def test_b16_style_backbone_file_loads_via_weights(tmp_path):

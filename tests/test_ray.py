@@ -124,9 +124,14 @@ def test_worker_killed_mid_fold_without_shared_fs(ray_session, data, local_run, 
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker really died
     assert executor.last_mode == "object-store"
     _assert_same_as_local(results, local_run, out, local_dir)
+    from slstt.models import load_checkpoint
+
     for fold in results["folds"]:
         done = json.loads((out / f"fold_{fold}" / "done.json").read_text())
         assert done["fold"] == fold and (out / f"fold_{fold}" / "checkpoint.pt").stat().st_size > 0
+        # compact fold checkpoints written from bytes load with the backbone copy the driver wrote
+        assert (out / done["backbone"]["file"]).is_file()
+        assert load_checkpoint(out / f"fold_{fold}" / "checkpoint.pt").meta["fold"] == fold
     assert not list(out.glob(".*partial"))
     assert len(list((ray_session / "slstt-ray" / "slstt-inputs").iterdir())) == 1  # unpacked once
     assert list((ray_session / "slstt-ray" / "folds").iterdir()) == []  # the dead worker's scratch is gone

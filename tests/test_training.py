@@ -134,6 +134,16 @@ def test_loso_acceptance_and_report(loso_run: Path) -> None:
 
     ckpt = load_checkpoint(loso_run / "fold_sub01" / "checkpoint.pt")
     assert ckpt.meta["fold"] == "sub01" and ckpt.meta["optimistic"] is False
+    # compact folds: no copy of the frozen backbone in any fold, one per run, referenced by hash
+    import torch
+
+    copies = list(loso_run.glob("backbone-*.safetensors"))
+    assert len(copies) == 1
+    for path in loso_run.glob("fold_*/checkpoint.pt"):
+        raw = torch.load(path, weights_only=True)
+        assert raw["format_version"] == 2 and copies[0].name == f"backbone-{raw['backbone']['frozen_sha256'][:12]}.safetensors"
+        assert {k for k in raw["state_dict"] if k.startswith("backbone.")} == {"backbone.norm.weight", "backbone.norm.bias"}
+        assert path.stat().st_size < 100_000  # the Mean head + final norm; the backbone copy is ~22 MB
     assert ckpt.meta["labels"] == labels and ckpt.preprocess_config.input_size == 64
     history = json.loads((loso_run / "fold_sub01" / "history.json").read_text())
     assert len(history["epochs"]) == 60 and "test_acc" not in history["epochs"][0]
@@ -299,6 +309,13 @@ def test_feature_cache_keyed_by_annotations_and_damage_recomputed(loso_run: Path
     (["--backbone", "vit_tiny_patch16_22"], "vit_tiny_patch16_224"),  # suggests the close name
     (["--weights", "/nonexistent/w.pth"], "--weights"),
     (["--face-model", "/nonexistent/f.task"], "--face-model"),
+    (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr", "0"], "--lr"), (["--lr", "-0.1"], "--lr"),
+    (["--lr-step-epoch", "-1"], "--lr-step-epoch"), (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"), (["--lstm-layers", "0"], "lstm_layers"),
+    (["--feature-dropout", "1"], "--feature-dropout"), (["--feature-dropout", "nan"], "--feature-dropout"),
+    (["--select", "val", "--val-subjects", "0"], "--val-subjects"), (["--optimizer", "adam"], "adamw"),
+    (["--grad-clip", "-1"], "--grad-clip"), (["--grad-clip", "nan"], "--grad-clip"),
+    (["--warmup-epochs", "-2"], "--warmup-epochs"),
 ])
 def test_bad_options_fail_before_data_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            change: list[str], expected: str) -> None:
@@ -334,3 +351,77 @@ def test_face_model_identity_in_run_hash(tmp_path: Path) -> None:
     changed = TrainConfig(face_model=str(other))
     assert changed.run_hash() != base.run_hash()
     assert TrainConfig.from_dict(changed.to_dict()).run_hash() == changed.run_hash()  # workers need no file
+
+
+# ---- damaged run files (issue 12) -------------------------------------------------------------
+def test_damaged_fold_records_recomputed_not_trusted(loso_run: Path, data_args: list[str], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Truncated predictions.csv / checkpoint.pt, a missing history.json, a garbage run.json and a damaged
+    backbone copy: each damaged fold is recomputed with a line saying so; the report is the uninterrupted one."""
+    run = tmp_path / "damaged"
+    shutil.copytree(loso_run, run)
+    before = json.loads((run / "results.json").read_text())["pooled"]
+    predictions = run / "fold_sub02" / "predictions.csv"
+    predictions.write_text("".join(predictions.read_text().splitlines(keepends=True)[:-2]))  # rows lost
+    checkpoint = run / "fold_sub04" / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-100])
+    (run / "fold_sub05" / "history.json").unlink()
+    (run / "run.json").write_text("{not json")
+    backbone = next(run.glob("backbone-*.safetensors"))
+    backbone.write_bytes(backbone.read_bytes()[:1000])
+    kept = (run / "fold_sub01" / "done.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_cli([*data_args, *RECIPE, "--out", run]) == 0
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    for fold, why in (("sub02", "predictions.csv"), ("sub04", "checkpoint.pt"), ("sub05", "history.json")):
+        assert f"fold {fold}: damaged: {why}" in err and "recomputing" in err, err
+    assert "run.json was damaged" in err and "backbone" in err and "rewriting" in err
+    assert err.count("skipped (done)") == 3 and (run / "fold_sub01" / "done.json").stat().st_mtime_ns == kept
+    assert json.loads((run / "results.json").read_text())["pooled"] == before
+    from slstt.models import load_checkpoint
+
+    load_checkpoint(run / "fold_sub01" / "checkpoint.pt")  # the rewritten backbone copy serves old folds
+
+
+def test_run_json_of_another_config_and_loso_subject_count(loso_run: Path, tmp_path: Path) -> None:
+    from slstt.errors import SlsttError
+    from slstt.training.config import TrainConfig
+    from slstt.training.loso import open_run_dir, plan_folds
+
+    run = tmp_path / "other"
+    shutil.copytree(loso_run, run)
+    (run / "run.json").write_text("[]")
+    cfg = TrainConfig.load(run / "config.yaml").replace(out_dir=str(run), epochs=3)  # another config
+    with pytest.raises(SlsttError, match="damaged.*another config.*--overwrite"):
+        open_run_dir(cfg, overwrite=False)
+    with pytest.raises(SlsttError, match="needs >= 2 subjects.*--protocol all"):
+        plan_folds(cfg, ["sub01"])
+    assert plan_folds(cfg.replace(protocol="all"), ["sub01"]) == ["all"]
+
+
+def test_cached_features_of_wrong_shape_recomputed(loso_run: Path, data_args: list[str]) -> None:
+    from slstt.errors import SlsttError
+    from slstt.training.features import _read_tokens, feature_path, load_features
+    from slstt.training.loso import samples_from_json
+
+    samples = samples_from_json(loso_run / "samples.json")
+    cache = Path(data_args[data_args.index("--cache-dir") + 1])
+    root = sorted((cache / "features").rglob("*.npy"))[0].parents[2]
+    victim = feature_path(root, samples[0])
+    good = np.load(victim)
+    np.save(victim, np.zeros((good.shape[0] + 2, good.shape[1]), np.float32))  # another T
+    assert _read_tokens(victim, good.shape) is None
+    with pytest.raises(SlsttError, match="damaged"):
+        load_features(root, samples[:1], good.shape)
+    np.save(victim, good)
+
+
+def test_sweep_yaml_not_utf8_one_line(tmp_path: Path) -> None:
+    from slstt.errors import SlsttError
+    from slstt.training.sweep import load_sweep
+
+    path = tmp_path / "sweep.yaml"
+    path.write_bytes("base: {dataset: casme2}\ngrid: {lr: [0.01]}\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SlsttError, match="not UTF-8") as info:
+        load_sweep(path)
+    assert "\n" not in str(info.value)

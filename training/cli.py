@@ -51,6 +51,9 @@ def train_command(
     lr: float = typer.Option(0.01, "--lr"),
     lr_step_epoch: int = typer.Option(30, "--lr-step-epoch", help="lr x0.1 after this many epochs."),
     batch_size: int = typer.Option(2, "--batch-size"),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (the paper's: momentum 0.9, wd 1e-4) | adamw (use with --lr 0.001 for the LSTM)."),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient's global norm to this (0: off; default 1 with adamw, off with sgd)."),  # noqa: UP045
+    warmup_epochs: int = typer.Option(0, "--warmup-epochs", help="Linear lr warm-up over this many epochs (0: off)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     feature_cache: bool = typer.Option(True, "--feature-cache/--no-feature-cache", help="Frozen backbone: compute class tokens once."),
@@ -95,7 +98,8 @@ def train_command(
         cache_dir=str(cache_dir), face_model=str(face_model) if face_model else None,
         preprocess=prep.to_dict(), model=model.to_dict(), pretrained=pretrained,
         weights=str(weights.resolve()) if weights else None, protocol=protocol, folds=list(fold),
-        epochs=epochs, lr=lr, lr_step_epoch=lr_step_epoch, batch_size=batch_size, seed=seed, device=device,
+        epochs=epochs, lr=lr, lr_step_epoch=lr_step_epoch, batch_size=batch_size, optimizer=optimizer.lower(),
+        grad_clip=grad_clip, warmup_epochs=warmup_epochs, seed=seed, device=device,
         select=select, val_subjects=val_subjects, feature_cache=feature_cache,
         feature_dropout=feature_dropout, workers=workers, out_dir=str(out),
     )

@@ -76,13 +76,20 @@ def load_input(cache_dir: str | Path, prep: PreprocessConfig, sample, face_sha: 
     return torch.as_tensor(flow_images_to_input(load_prepared(cache_dir, prep, sample, face_sha), prep))
 
 
-def _read_tokens(path: Path) -> np.ndarray | None:
-    """The cached (T, D) float32 tokens, or None when the file is missing or damaged."""
+def _read_tokens(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray | None:
+    """The cached (T, D) float32 tokens, or None when the file is missing or damaged (or not `shape`)."""
     try:
         tokens = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):  # missing, truncated, empty, not an .npy
         return None
-    return tokens if tokens.ndim == 2 and tokens.dtype == np.float32 else None
+    if tokens.ndim != 2 or tokens.dtype != np.float32 or (shape is not None and tokens.shape != tuple(shape)):
+        return None
+    return tokens if np.isfinite(tokens).all() else None
+
+
+def token_shape(model: torch.nn.Module, prep: PreprocessConfig) -> tuple[int, int]:
+    """(T, D) of one sample's cached tokens."""
+    return prep.num_frames, int(model.backbone.embed_dim)
 
 
 @torch.no_grad()
@@ -91,7 +98,8 @@ def compute_features(model: torch.nn.Module, samples: Sequence, cache_dir: str |
                      on_sample: Callable[[int], None] | None = None, face_sha: str | None = None) -> Path:
     """Write the pre-norm class tokens of every sample that has no readable ones yet; returns the root dir."""
     root = feature_root(cache_dir, backbone_id(model), prep, face_sha)
-    missing = [s for s in samples if _read_tokens(feature_path(root, s)) is None]
+    shape = token_shape(model, prep)
+    missing = [s for s in samples if _read_tokens(feature_path(root, s), shape) is None]
     if on_sample is not None and len(samples) > len(missing):
         on_sample(len(samples) - len(missing))
     was_training = model.training
@@ -115,14 +123,15 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(fh, array)
 
 
-def load_features(root: str | Path, samples: Sequence) -> torch.Tensor:
-    """(N, T, D) float32 tokens of `samples`, in order; SlsttError (one line) for a missing or damaged file."""
+def load_features(root: str | Path, samples: Sequence, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """(N, T, D) float32 tokens of `samples`, in order; SlsttError (one line) for a missing or damaged
+    file (or one not of `shape`, or of a shape other than the first file's)."""
     from slstt.errors import SlsttError
 
     arrays = []
     for sample in samples:
         path = feature_path(Path(root), sample)
-        tokens = _read_tokens(path)
+        tokens = _read_tokens(path, shape or (arrays[0].shape if arrays else None))
         if tokens is None:
             raise SlsttError(f"cached features of {sample.key} are missing or damaged ({path}); "
                              f"re-run the same `slstt train` command to recompute them")

@@ -134,14 +134,15 @@ def check_classes(samples: Sequence, labels: Sequence[str], dataset: str, scheme
 class FoldInputs:
     """Network inputs of a fold's samples: cached pre-norm tokens, or flow images run through the backbone."""
 
-    def __init__(self, cfg: TrainConfig, samples: Sequence, feature_root: str | None, device: torch.device):
+    def __init__(self, cfg: TrainConfig, samples: Sequence, feature_root: str | None, device: torch.device,
+                 shape: tuple[int, int] | None = None):
         self.cfg, self.samples, self.device = cfg, list(samples), device
         self.prep = cfg.preprocess_config()
         self.tokens = None
         if feature_root:
             from slstt.training.features import load_features
 
-            self.tokens = load_features(feature_root, self.samples).to(device)
+            self.tokens = load_features(feature_root, self.samples, shape).to(device)
 
     def logits(self, model: torch.nn.Module, idx: Sequence[int], training: bool) -> torch.Tensor:
         if self.tokens is not None:
@@ -156,8 +157,26 @@ class FoldInputs:
         return model(frames.to(self.device))
 
 
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """--optimizer sgd (the paper's: momentum, weight decay) | adamw; lr x lr_gamma after lr_step_epoch
+    epochs, with an optional linear warm-up over the first warmup_epochs."""
+    if cfg.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.warmup_epochs == 0:  # the published schedule, unchanged
+        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, [cfg.lr_step_epoch], gamma=cfg.lr_gamma)
+
+    def factor(epoch: int) -> float:  # epoch = finished epochs
+        warm = min(1.0, (epoch + 1) / cfg.warmup_epochs)
+        return warm * (cfg.lr_gamma if epoch >= cfg.lr_step_epoch else 1.0)
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _train_epoch(model, inputs: FoldInputs, idx: list[int], targets: torch.Tensor, optimizer,
-                 generator: torch.Generator, batch_size: int) -> dict[str, float]:
+                 generator: torch.Generator, batch_size: int, grad_clip: float = 0.0) -> dict[str, float]:
     model.train()
     order = [idx[i] for i in torch.randperm(len(idx), generator=generator).tolist()]
     total_loss, correct = 0.0, 0
@@ -167,6 +186,8 @@ def _train_epoch(model, inputs: FoldInputs, idx: list[int], targets: torch.Tenso
         loss = F.cross_entropy(logits, targets[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
         optimizer.step()
         total_loss += loss.item() * len(batch)
         correct += int((logits.argmax(1) == targets[batch]).sum())
@@ -228,12 +249,12 @@ def run_fold(job: FoldJob, progress: ProgressFn | None = None) -> dict[str, Any]
 
         if Path(feature_root).parent.name != backbone_id(model):
             raise RuntimeError(f"fold {fold}: backbone differs from the one that filled {feature_root}")
-    inputs = FoldInputs(cfg, samples, feature_root, device)
+    from slstt.training.features import token_shape
+
+    inputs = FoldInputs(cfg, samples, feature_root, device, token_shape(model, prep))
     targets = torch.tensor([s.class_index for s in samples], device=device)
 
-    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [cfg.lr_step_epoch], gamma=cfg.lr_gamma)
+    optimizer, scheduler = make_optimizer(cfg, model.trainable_parameters())
     generator = torch.Generator().manual_seed(cfg.seed)
 
     history: list[dict[str, Any]] = []
@@ -243,7 +264,7 @@ def run_fold(job: FoldJob, progress: ProgressFn | None = None) -> dict[str, Any]
         for epoch in range(1, cfg.epochs + 1):
             row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             row.update({f"train_{k}": v for k, v in _train_epoch(
-                model, inputs, train_idx, targets, optimizer, generator, cfg.batch_size).items()})
+                model, inputs, train_idx, targets, optimizer, generator, cfg.batch_size, cfg.grad_clip).items()})
             scheduler.step()
             if watch is not None:  # test curves exist only in an optimistic (select=test) run
                 scores, _ = _evaluate(model, inputs, watch, targets, mcfg.num_classes)
@@ -267,6 +288,11 @@ def run_fold(job: FoldJob, progress: ProgressFn | None = None) -> dict[str, Any]
     done = {"fold": fold, "config_hash": cfg.run_hash(), "samples_hash": samples_hash(samples), "epoch": best_epoch, "selection": cfg.select,
             "optimistic": cfg.optimistic, "n_train": len(train_idx), "n_val": len(val_idx),
             "n_test": len(test_idx), "val_subjects": val_subjects, "metrics": metrics}
+    # LOSO folds are compact (the frozen backbone lives once per run); the deployment model
+    # (--protocol all) stays self-contained.
+    identity = run_backbone_identity(cfg, model.cpu()) if fold != ALL_FOLD else None
+    if identity is not None:
+        done["backbone"] = {"file": identity.file_name, "frozen_sha256": identity.frozen_sha256}
 
     final = Path(job.run_dir) / fold_dir_name(fold)
     tmp = final.with_name(f".{final.name}.partial")
@@ -275,11 +301,91 @@ def run_fold(job: FoldJob, progress: ProgressFn | None = None) -> dict[str, Any]
     atomic_write_text(tmp / "predictions.csv", predictions_csv([samples[i] for i in test_idx], probs, labels))
     atomic_write_json(tmp / "history.json", {"optimistic": cfg.optimistic, "selection": cfg.select,
                                              "test_curves": cfg.select == "test", "epochs": history})
-    save_checkpoint(tmp / "checkpoint.pt", model.cpu(), preprocess=prep, meta=meta)
+    save_checkpoint(tmp / "checkpoint.pt", model.cpu(), preprocess=prep, meta=meta, backbone=identity)
+    done["files"] = {name: file_record(tmp / name) for name in FOLD_FILES}  # checked before a resume trusts them
     atomic_write_json(tmp / "done.json", done)  # last file: marks the fold finished
     shutil.rmtree(final, ignore_errors=True)  # a stale, unfinished fold dir from a killed run
     os.replace(tmp, final)
     return done
+
+
+# ---- run files: the shared backbone copy, verified fold records ---------------------------------
+FOLD_FILES = ("predictions.csv", "history.json", "checkpoint.pt")
+
+
+def run_backbone_identity(cfg: TrainConfig, model: torch.nn.Module):
+    """BackboneIdentity of a fold's frozen backbone (how it was built + a hash of its tensors)."""
+    from slstt.models.checkpoint import backbone_identity
+    from slstt.models.factory import _pretrained_name
+
+    if cfg.weights:
+        return backbone_identity(model, "weights", weights_file=cfg.weights)
+    if cfg.pretrained:
+        return backbone_identity(model, "pretrained", pretrained_tag=_pretrained_name(cfg.model_config().backbone))
+    return backbone_identity(model, "random", seed=cfg.seed)
+
+
+def build_run_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The model every fold starts from (seeded as run_fold does), on the CPU."""
+    from slstt.models import create_model
+
+    seed_everything(cfg.seed)
+    return create_model(cfg.model_config(), pretrained=cfg.pretrained, weights=cfg.weights)
+
+
+def ensure_backbone_copy(run_dir: Path, model: torch.nn.Module, identity,
+                         on_warning: Callable[[str], None] | None = None) -> Path:
+    """<run>/backbone-<sha12>.safetensors: the one copy of the frozen backbone the run's compact fold
+    checkpoints load with; (re)written when missing or damaged."""
+    from slstt.models.checkpoint import read_backbone_copy, save_backbone_copy, tensors_sha256
+
+    path = run_dir / identity.file_name
+    if path.is_file():
+        try:
+            if tensors_sha256(read_backbone_copy(path)[0]) == identity.frozen_sha256:
+                return path
+        except SlsttError:
+            pass
+        if on_warning is not None:
+            on_warning(f"{path} is damaged or not this run's backbone; rewriting it")
+    return save_backbone_copy(path, model, identity)
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def fold_damage(fold_dir: Path, done: dict[str, Any]) -> str | None:
+    """Why a finished fold's files cannot be trusted, or None. Records written with done.json (size,
+    sha-256) are compared; older folds without them get the checks their content allows."""
+    files = done.get("files")
+    for name in FOLD_FILES:
+        path = fold_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        want = files.get(name) if isinstance(files, dict) else None
+        if isinstance(want, dict):
+            if path.stat().st_size != want.get("size"):
+                return f"{name} has {path.stat().st_size} bytes, its record says {want.get('size')}"
+            if file_record(path)["sha256"] != want.get("sha256"):
+                return f"{name} differs from its recorded sha256"
+    if isinstance(files, dict):
+        return None
+    try:  # a fold written before records existed: its content must at least be complete
+        with open(fold_dir / "predictions.csv", newline="", encoding="utf-8") as fh:
+            rows = sum(1 for _ in csv.DictReader(fh))
+        epochs = json.loads((fold_dir / "history.json").read_text(encoding="utf-8"))["epochs"]
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        return "predictions.csv or history.json is unreadable"
+    if rows != done.get("n_test") or not isinstance(epochs, list):
+        return f"predictions.csv has {rows} rows, done.json says {done.get('n_test')}"
+    return None
 
 
 def data_fps(samples: Sequence, resampled: float | None) -> float | list[float] | None:
@@ -308,6 +414,9 @@ def predictions_csv(samples: Sequence, probs: np.ndarray, labels: Sequence[str])
 def plan_folds(cfg: TrainConfig, subjects: Sequence[str]) -> list[str]:
     if cfg.protocol == "all":
         return [ALL_FOLD]
+    if len(subjects) < 2:
+        raise SlsttError(f"leave-one-subject-out needs >= 2 subjects, the data has {len(subjects)} "
+                         f"({', '.join(subjects) or 'none'}); add subjects or use --protocol all")
     if not cfg.folds:
         return sorted(subjects)
     absent = [f for f in cfg.folds if f not in subjects]
@@ -316,12 +425,33 @@ def plan_folds(cfg: TrainConfig, subjects: Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(cfg.folds))
 
 
-def open_run_dir(cfg: TrainConfig, overwrite: bool, sample_set: str | None = None) -> Path:
+def read_run_marker(marker: Path) -> dict[str, Any] | None:
+    """run.json's content, or None when it is not a readable JSON object."""
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def open_run_dir(cfg: TrainConfig, overwrite: bool, sample_set: str | None = None,
+                 on_warning: Callable[[str], None] | None = None) -> Path:
     """Create the run dir, or check that an existing one was made by the same config."""
     run_dir = Path(cfg.out_dir)
     marker = run_dir / "run.json"
-    if marker.is_file():
-        old = json.loads(marker.read_text(encoding="utf-8")).get("config_hash")
+    if marker.is_file() and (data := read_run_marker(marker)) is None:
+        # Damaged marker: each fold's done.json still names its config, so the run is recoverable
+        # when every finished fold was made by this config.
+        others = {d.get("config_hash") for p in run_dir.glob("fold_*") if (d := read_done(p))} - {cfg.run_hash()}
+        if others and not overwrite:
+            raise SlsttError(f"{marker} is damaged and {run_dir} holds folds of another config; "
+                             f"use another --out, or --overwrite to replace them")
+        if on_warning is not None:
+            on_warning(f"{marker} was damaged; rewritten (finished folds are checked one by one)")
+        if others:
+            clear_run_dir(run_dir)
+    elif marker.is_file():
+        old = data.get("config_hash")
         if old != cfg.run_hash():
             if not overwrite:
                 raise SlsttError(f"{run_dir} holds a run with a different config ({old} != {cfg.run_hash()}); "
@@ -342,21 +472,29 @@ def clear_run_dir(run_dir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     for name in (*RESULT_FILES, "run.json", "config.yaml", "samples.json"):
         (run_dir / name).unlink(missing_ok=True)
+    for path in run_dir.glob("backbone-*.safetensors"):
+        path.unlink(missing_ok=True)
 
 
 def read_done(fold_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((fold_dir / "done.json").read_text(encoding="utf-8"))
+        done = json.loads((fold_dir / "done.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return done if isinstance(done, dict) else None
 
 
 def fold_state(run_dir: Path, fold: str, run_hash: str, sample_set: str) -> str:
-    """'done' | 'missing' (never finished, or another config) | 'stale' (finished on another sample set)."""
-    done = read_done(run_dir / fold_dir_name(fold))
+    """'done' | 'missing' (never finished, or another config) | 'stale' (finished on another sample set)
+    | 'damaged: <why>' (its files do not match their records)."""
+    fold_dir = run_dir / fold_dir_name(fold)
+    done = read_done(fold_dir)
     if done is None or done.get("config_hash") != run_hash:
         return "missing"
-    return "done" if done.get("samples_hash") == sample_set else "stale"
+    if done.get("samples_hash") != sample_set:
+        return "stale"
+    damage = fold_damage(fold_dir, done)
+    return f"damaged: {damage}" if damage else "done"
 
 
 def fold_done(run_dir: Path, fold: str, run_hash: str, sample_set: str) -> bool:
@@ -368,21 +506,22 @@ def finished_folds(run_dir: Path, run_hash: str, sample_set: str) -> list[str]:
     folds = []
     for fold_dir in sorted(run_dir.glob("fold_*")):
         done = read_done(fold_dir) if fold_dir.is_dir() else None
-        if done and done.get("config_hash") == run_hash and done.get("samples_hash") == sample_set:
+        if (done and done.get("config_hash") == run_hash and done.get("samples_hash") == sample_set
+                and fold_dir.name == fold_dir_name(str(done.get("fold"))) and fold_damage(fold_dir, done) is None):
             folds.append(str(done["fold"]))
     return sorted(folds)
 
 
 def prepare_features(cfg: TrainConfig, samples: Sequence, device: torch.device,
-                     on_sample: Callable[[int], None] | None = None) -> str | None:
-    """Fill the frozen-feature cache when it applies; returns its root, or None (backbone runs each step)."""
+                     on_sample: Callable[[int], None] | None = None,
+                     model: torch.nn.Module | None = None) -> str | None:
+    """Fill the frozen-feature cache when it applies; returns its root, or None (backbone runs each step).
+    `model`: the run's starting model (build_run_model), built here when not given."""
     if not cfg.feature_cache:
         return None
-    from slstt.models import create_model
     from slstt.training.features import can_cache, compute_features
 
-    seed_everything(cfg.seed)  # exactly the backbone every fold will build
-    model = create_model(cfg.model_config(), pretrained=cfg.pretrained, weights=cfg.weights).to(device)
+    model = (model or build_run_model(cfg)).to(device)  # exactly the backbone every fold will build
     if not can_cache(model):
         return None
     return str(compute_features(model, samples, cfg.cache_dir, cfg.preprocess_config(), device,
@@ -403,7 +542,7 @@ def train_run(cfg: TrainConfig, samples: Sequence, *, overwrite: bool = False,
     from slstt.training.report import write_report
 
     sample_set = samples_hash(samples)
-    run_dir = open_run_dir(cfg, overwrite, sample_set)
+    run_dir = open_run_dir(cfg, overwrite, sample_set, on_warning)
     subjects = sorted({s.subject for s in samples})
     folds = plan_folds(cfg, subjects)
     samples_path = run_dir / "samples.json"
@@ -415,10 +554,17 @@ def train_run(cfg: TrainConfig, samples: Sequence, *, overwrite: bool = False,
     if stale and on_warning is not None:
         on_warning(f"the sample set changed since fold(s) {', '.join(stale)} finished; recomputing them")
     for fold in folds:
+        if states[fold].startswith("damaged") and on_warning is not None:
+            on_warning(f"fold {fold}: {states[fold]}; recomputing it")
+    model = None
+    if cfg.protocol != "all":  # the run's one backbone copy, for its compact fold checkpoints
+        model = build_run_model(cfg)
+        ensure_backbone_copy(run_dir, model, run_backbone_identity(cfg, model), on_warning)
+    for fold in folds:
         if fold not in todo and on_fold is not None:
             on_fold(fold, "skipped (done)")
     if todo:
-        features = prepare_features(cfg, samples, resolve_device(cfg.device), on_feature)
+        features = prepare_features(cfg, samples, resolve_device(cfg.device), on_feature, model)
         shared = {"samples": str(samples_path), "features": features or ""}
         jobs = [FoldJob(cfg.to_dict(), fold, str(run_dir), shared) for fold in todo]
         executor = executor or LocalExecutor()

@@ -68,20 +68,33 @@ def make_executor(name: str, address: str | None = None, gpus_per_fold: float = 
 
 
 # ---- the sweep file -------------------------------------------------------------------------
-def load_sweep(path: Path) -> dict:
-    """{'base': TrainConfig dict (paths absolute), 'grid': {key: [values]}, 'out': str | None}."""
+def _read_yaml(path: Path, what: str):
+    """yaml.safe_load of a UTF-8 file; SlsttError (one line) for unreadable, non-UTF-8 or invalid YAML."""
     import yaml
 
     from slstt.errors import SlsttError, first_line
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SlsttError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                         f"save it as UTF-8") from None
+    except OSError as exc:
+        raise SlsttError(f"cannot read {what} {path}: {first_line(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise SlsttError(f"{path}: not valid YAML ({first_line(exc)})") from None
+
+
+def load_sweep(path: Path) -> dict:
+    """{'base': TrainConfig dict (paths absolute), 'grid': {key: [values]}, 'out': str | None}."""
+
+    from slstt.errors import SlsttError
     from slstt.training.config import TrainConfig
 
     path = Path(path)
     if not path.is_file():
         raise SlsttError(f"sweep file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SlsttError(f"{path}: not valid YAML ({first_line(exc)})") from None
+    data = _read_yaml(path, "sweep file")
     if not isinstance(data, dict) or "base" not in data or "grid" not in data:
         raise SlsttError(f"{path}: needs a `base:` train config and a `grid:` of lists (format: docs/ray.md, Sweeps)")
     base = data["base"]
@@ -89,7 +102,7 @@ def load_sweep(path: Path) -> dict:
         base_path = (path.parent / base).resolve()
         if not base_path.is_file():
             raise SlsttError(f"{path}: base config {base_path} does not exist")
-        base = yaml.safe_load(base_path.read_text(encoding="utf-8"))
+        base = _read_yaml(base_path, f"{path}: base config")
     if not isinstance(base, dict):
         raise SlsttError(f"{path}: `base:` must be a mapping of train config fields or a path")
     base = dict(base)
