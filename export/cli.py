@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -26,26 +27,12 @@ def onnx_command(
     """Export a checkpoint to one self-contained .onnx file with its preprocessing in the metadata."""
     from rich.console import Console
 
-    from slstt.config import AGGREGATORS
-    from slstt.errors import SlsttError
-    from slstt.export.metadata import DTYPES
-    from slstt.export.onnx import export_onnx
+    from slstt.export.onnx import export_checkpoint
 
-    if dtype not in DTYPES:
-        raise SlsttError(f"--dtype {dtype!r} unknown; choose one of {', '.join(DTYPES)}")
-    if aggregator not in ("auto", *AGGREGATORS):
-        raise SlsttError(f"--aggregator {aggregator!r} unknown; choose auto, {', '.join(AGGREGATORS)}")
-    if output is None:
-        name = checkpoint.name
-        for suffix in (".pth.tar", ".pt", ".pth", ".ckpt", ".tar"):
-            if name.endswith(suffix):
-                name = name[: -len(suffix)]
-                break
-        output = checkpoint.with_name(name + ".onnx")
     console = Console()
-    report = export_onnx(checkpoint, output, split=split, dtype=dtype, opset=opset,
-                         dynamic_time=not static_time, parity=not no_parity, console=console,
-                         aggregator=aggregator)
+    report = export_checkpoint(checkpoint, output, dtype=dtype, split=split, opset=opset,
+                               dynamic_time=not static_time, parity=not no_parity, aggregator=aggregator,
+                               console=console)
     time_axis = "dynamic" if report.dynamic_time else f"fixed at {report.num_frames}"
     for path in report.outputs:
         console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
@@ -59,22 +46,11 @@ def check_command(
     provider: str = typer.Option("all", "--provider", help="all usable providers, or one of auto|tensorrt|cuda|cpu."),
 ) -> None:
     """Print the model's metadata and its batch-1 latency on each usable provider."""
-    import json
-    import time
-
-    import numpy as np
     from rich.console import Console
-    from rich.table import Table
 
     from slstt.errors import SlsttError
-    from slstt.export.metadata import check_compatible, read_metadata
-    from slstt.export.runtime import (
-        _warmup,
-        check_provider,
-        create_session,
-        provider_status,
-        usable_providers,
-    )
+    from slstt.export.metadata import read_metadata
+    from slstt.export.runtime import check_provider, provider_status, usable_providers
 
     if runs < 1:
         raise SlsttError(f"--runs must be >= 1, got {runs}")
@@ -82,6 +58,20 @@ def check_command(
         check_provider(provider, "--provider")  # before reading the model: the GPU may be the problem
     metadata = read_metadata(model)
     console = Console()
+    console.print(_metadata_table(model, metadata))
+    names = usable_providers() if provider == "all" else [provider]
+    for gpu in ("cuda", "tensorrt"):
+        ok, reason = provider_status(gpu)
+        if not ok:
+            console.print(f"{gpu}: not usable ({reason})", markup=False)
+    console.print(_latency_table(model, metadata, names, runs))
+
+
+def _metadata_table(model: Path, metadata: dict) -> Any:
+    import json
+
+    from rich.table import Table
+
     table = Table(title=f"{model.name}: slstt metadata", show_lines=False)
     table.add_column("field")
     table.add_column("value", overflow="fold")
@@ -97,21 +87,25 @@ def check_command(
     if checks:
         worst = max(c["max_abs_diff"] for c in checks)
         table.add_row("parity", f"max |diff| vs torch {worst:.2e} over {len(checks)} checks")
-    console.print(table)
+    return table
 
-    names = usable_providers() if provider == "all" else [provider]
-    for gpu in ("cuda", "tensorrt"):
-        ok, reason = provider_status(gpu)
-        if not ok:
-            console.print(f"{gpu}: not usable ({reason})", markup=False)
+
+def _latency_table(model: Path, metadata: dict, names: list[str], runs: int) -> Any:
+    import time
+
+    import numpy as np
+    from rich.table import Table
+
+    from slstt.export.metadata import check_compatible
+    from slstt.export.runtime import _warmup, create_session
+
     latency = Table(title=f"latency, batch 1, median of {runs} runs")
     for col in ("provider", "used", "median ms", "min ms"):
         latency.add_column(col)
     for name in names:
         session, used = create_session(model, name, warmup=False)
         inp, out = session.get_inputs()[0], session.get_outputs()[0]
-        check_compatible(metadata, input_shape=inp.shape, output_size=out.shape[-1], where=str(model))
-        T = int(metadata["T"])
+        T = check_compatible(metadata, input_shape=inp.shape, output_size=out.shape[-1], where=str(model)).num_frames
         _warmup(session, T)
         shape = [d if isinstance(d, int) else 1 for d in inp.shape]
         if len(shape) in (3, 5) and not isinstance(inp.shape[1], int):
@@ -125,4 +119,4 @@ def check_command(
             session.run(None, {inp.name: x})
             times.append((time.perf_counter() - start) * 1000)
         latency.add_row(name, ",".join(used), f"{np.median(times):.2f}", f"{min(times):.2f}")
-    console.print(latency)
+    return latency

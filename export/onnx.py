@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import logging
 import tempfile
 import time
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from slstt.card import DTYPES, ExportInfo, ModelCard
 from slstt.errors import SlsttError
-from slstt.export.metadata import DTYPES, build_metadata, set_metadata
+from slstt.export.metadata import set_metadata
 
 MAX_IR_VERSION = 13  # onnxruntime 1.31 reads IR <= 13; onnx 1.23 may write 14
 MAX_BYTES = 2**31 - 1  # protobuf's hard limit for one file
@@ -73,7 +75,7 @@ class ExportReport:
 class _Encoder(nn.Module):
     """frames (N, 3, H, W) -> per-frame features (N, D) (class token after the final norm)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Any):  # an SLSTT (encode/aggregate), typed loosely: nn.Module hides them
         super().__init__()
         self.model = model
 
@@ -84,7 +86,7 @@ class _Encoder(nn.Module):
 class _Head(nn.Module):
     """features (B, T, D) -> logits (B, C)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Any):
         super().__init__()
         self.model = model
 
@@ -185,7 +187,7 @@ def _to_onnx(module: nn.Module, example: torch.Tensor, part: str, opset: int, dy
     axes_in: dict[int, str] = {0: "batch"}
     if part in ("full", "head") and dynamic_time:
         axes_in[1] = "T"
-    buffer = io.BytesIO()
+    buffer: Any = io.BytesIO()  # torch's annotation says path, its code takes a file object
     module.eval()  # the exporter restores the wrapper's mode afterwards, recursively: keep it eval
     with _quiet(), torch.no_grad():
         torch.onnx.export(
@@ -273,7 +275,7 @@ def _parity(module: nn.Module, part: str, proto: Any, dtype: str, inputs: list[t
     return checks
 
 
-def _inputs(part: str, size: int, model: nn.Module, times: list[int]) -> tuple[list, list]:
+def _inputs(part: str, size: int, model: Any, times: list[int]) -> tuple[list, list]:
     g = torch.Generator().manual_seed(PARITY_SEED)
     if part == "encoder":
         return [torch.randn(4, 3, size, size, generator=g)], [None]
@@ -282,6 +284,114 @@ def _inputs(part: str, size: int, model: nn.Module, times: list[int]) -> tuple[l
         return flows, list(times)
     with torch.no_grad():  # realistic features for the head: the encoder's own outputs
         return [model.encode(f) for f in flows], list(times)
+
+
+def _check_options(dtype: str, opset: int) -> None:
+    if dtype not in DTYPES:
+        raise SlsttError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if not 14 <= opset <= 20:
+        raise SlsttError(f"opset {opset} not supported; use 14..20 (default 17)")
+
+
+@dataclass
+class _Plan:
+    """What one export works on: the float model, its card, the wrapped parts and their examples."""
+
+    model: nn.Module
+    card: ModelCard
+    modules: dict[str, nn.Module]
+    examples: dict[str, torch.Tensor]
+
+    @property
+    def T(self) -> int:
+        return self.card.num_frames
+
+    @property
+    def size(self) -> int:
+        return self.card.input_size
+
+
+def _plan(loaded: Any) -> _Plan:
+    """The model card (T and size owned by it, checked against the checkpoint's model) and the parts."""
+    model = loaded.model.float().eval()
+    card = loaded.card if hasattr(loaded, "card") else \
+        ModelCard.from_training(loaded.model_config, loaded.preprocess_config, loaded.meta)
+    T, size = card.num_frames, card.input_size
+    dim = model.backbone.embed_dim if hasattr(model, "backbone") else None
+    examples = {"full": torch.zeros(1, T, 3, size, size), "encoder": torch.zeros(1, 3, size, size),
+                "head": torch.zeros(1, T, dim or 1)}
+    if dim is None:
+        with torch.no_grad():
+            examples["head"] = model.encode(torch.zeros(1, T, 3, size, size))
+    modules = {"full": model, "encoder": _Encoder(model).eval(), "head": _Head(model).eval()}
+    return _Plan(model, card, modules, examples)
+
+
+def _fp32_graph(plan: _Plan, part: str, opset: int, dynamic: bool, parity: bool, console: Any
+                ) -> tuple[Any, bool, list[ParityCheck], list, list]:
+    """(proto, dynamic T kept, fp32 checks, parity inputs, their T): a dynamic T that onnxruntime does
+    not honour is re-exported fixed; any fp32 mismatch fails with nothing written."""
+    module = plan.modules[part]
+    proto = _to_onnx(module, plan.examples[part], part, opset, dynamic)
+    if not parity:
+        return proto, dynamic, [], [], []
+    times = list(dict.fromkeys([plan.T, max(1, plan.T - 1), plan.T + 2] if dynamic else [plan.T]))
+    xs, t_of = _inputs(part, plan.size, plan.model, times)
+    checks = _parity(module, part, proto, "fp32", xs, t_of)
+    if dynamic and not all(c.passed for c in checks[1:]) and checks[0].passed:
+        console.print(f"[yellow]dynamic T failed the check for {part}; exporting with T={plan.T} fixed")
+        dynamic = False
+        proto = _to_onnx(module, plan.examples[part], part, opset, False)
+        xs, t_of = xs[:1], t_of[:1]
+        checks = _parity(module, part, proto, "fp32", xs, t_of)
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        c = failed[0]
+        raise SlsttError(
+            f"parity check failed for {part} at T={c.T}: max |diff| {c.max_abs_diff:.3g} "
+            f"(limit {FP32_TOLERANCE:g}), top-1 agreement {c.top1_agreement}; nothing written"
+        )
+    return proto, dynamic, checks, xs, t_of
+
+
+def _convert_dtype(plan: _Plan, part: str, proto: Any, dtype: str, opset: int, dynamic: bool) -> Any:
+    if dtype == "fp16":
+        return _to_onnx(_Half(copy.deepcopy(plan.modules[part]).half()), plan.examples[part], part, opset, dynamic)
+    if dtype == "int8":
+        return _quantize_int8(proto)
+    return proto
+
+
+def _stamp(plan: _Plan, proto: Any, part: str, info: ExportInfo, checks: list[ParityCheck]) -> bytes:
+    """The card with this part's export facts, written into the graph; the serialized bytes."""
+    card = copy.copy(plan.card)
+    card.export = ExportInfo(**{**info.__dict__, "part": part, "checkpoint": dict(info.checkpoint),
+                                "parity": {"seed": PARITY_SEED, "tolerance": FP32_TOLERANCE,
+                                           "reference": "torch fp32 cpu", "checks": [c.to_dict() for c in checks]}})
+    set_metadata(proto, card.to_dict())
+    if proto.ByteSize() > MAX_BYTES:
+        raise SlsttError(
+            f"{part} model is {proto.ByteSize() / 2**30:.1f} GiB, over ONNX's 2 GiB single-file limit; "
+            "use a smaller backbone or --dtype fp16/int8"
+        )
+    return proto.SerializeToString()
+
+
+def _write_all(output: Path, blobs: dict[str, bytes], report: ExportReport) -> None:
+    """All parts or none."""
+    from slstt.io import atomic_write_bytes
+
+    paths = part_paths(output)
+    written: list[Path] = []
+    try:
+        for part, blob in blobs.items():
+            written.append(atomic_write_bytes(paths[part], blob))
+            report.size_bytes[part] = len(blob)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    report.outputs = written
 
 
 def export_onnx(
@@ -300,112 +410,76 @@ def export_onnx(
 
     Writes nothing unless every part exported and (with parity) matched torch: fp32 must agree to
     1e-4 on logits with the same top-1, or SlsttError. fp16/int8 differences are reported, not failed.
+    Steps: check options and output -> load -> plan (model card, parts) -> per part: fp32 graph and
+    parity, dtype conversion, card stamped into the graph -> write all parts or none.
     """
     from rich.console import Console
 
-    from slstt.io import atomic_write_bytes
-
     console = console or Console()
     started = time.perf_counter()
-    if dtype not in DTYPES:
-        raise SlsttError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if not 14 <= opset <= 20:
-        raise SlsttError(f"opset {opset} not supported; use 14..20 (default 17)")
+    _check_options(dtype, opset)
     output = Path(output)
     check_output_path(output)
     loaded = _load(checkpoint, aggregator)
-    model = loaded.model.float().eval()
-    mcfg, pcfg = loaded.model_config, loaded.preprocess_config
-    if pcfg is None:  # a checkpoint without preprocessing: the paper's, at the model's size and T
-        from slstt.config import PreprocessConfig
-
-        pcfg = PreprocessConfig(input_size=mcfg.input_size, num_frames=mcfg.num_frames)
-    T, size = mcfg.num_frames, mcfg.input_size
-    if (pcfg.num_frames, pcfg.input_size) != (T, size):
-        raise SlsttError(
-            f"checkpoint preprocess (T={pcfg.num_frames}, {pcfg.input_size}px) disagrees with its model "
-            f"(T={T}, {size}px); fix the checkpoint's preprocess_config"
-        )
-    dim = model.backbone.embed_dim if hasattr(model, "backbone") else None
-    export_id = uuid.uuid4().hex
-    modules = {"full": model, "encoder": _Encoder(model).eval(), "head": _Head(model).eval()}
-    examples = {
-        "full": torch.zeros(1, T, 3, size, size),
-        "encoder": torch.zeros(1, 3, size, size),
-        "head": torch.zeros(1, T, dim or 1),
-    }
-    if dim is None:
-        with torch.no_grad():
-            examples["head"] = model.encode(torch.zeros(1, T, 3, size, size))
-
-    report = ExportReport([], dtype, opset, dynamic_time, T, size, str(getattr(loaded, "source", "")))
+    plan = _plan(loaded)
+    report = ExportReport([], dtype, opset, dynamic_time, plan.T, plan.size, str(getattr(loaded, "source", "")))
+    info = ExportInfo(dtype=dtype, dynamic_time=dynamic_time, opset=opset, export_id=uuid.uuid4().hex, split=split,
+                      checkpoint={**plan.card.export.checkpoint, "name": _name(checkpoint), "source": report.source},
+                      exported_at=plan.card.export.exported_at)
     blobs: dict[str, bytes] = {}
-    part_names = ["full", "encoder", "head"] if split else ["full"]
-    for part in part_names:
-        module = modules[part]
+    for part in ["full", "encoder", "head"] if split else ["full"]:
         with console.status(f"exporting {part} ({dtype}, opset {opset})"):
             timed = part != "encoder"
-            dynamic = dynamic_time and timed
-            proto = _to_onnx(module, examples[part], part, opset, dynamic)
-            checks: list[ParityCheck] = []
-            if parity:
-                times = [T, max(1, T - 1), T + 2] if dynamic else [T]
-                times = list(dict.fromkeys(times))
-                xs, t_of = _inputs(part, size, model, times)
-                checks = _parity(module, part, proto, "fp32", xs, t_of)
-                if dynamic and not all(c.passed for c in checks[1:]) and checks[0].passed:
-                    # dynamic T did not hold up in onnxruntime: fix T to the model's
-                    console.print(f"[yellow]dynamic T failed the check for {part}; exporting with T={T} fixed")
-                    report.dynamic_time = dynamic_time = dynamic = False
-                    proto = _to_onnx(module, examples[part], part, opset, False)
-                    checks = _parity(module, part, proto, "fp32", xs[:1], t_of[:1])
-                failed = [c for c in checks if not c.passed]
-                if failed:
-                    c = failed[0]
-                    raise SlsttError(
-                        f"parity check failed for {part} at T={c.T}: max |diff| {c.max_abs_diff:.3g} "
-                        f"(limit {FP32_TOLERANCE:g}), top-1 agreement {c.top1_agreement}; nothing written"
-                    )
-            if dtype == "fp16":
-                proto = _to_onnx(_Half(copy.deepcopy(module).half()), examples[part], part, opset, dynamic)
-            elif dtype == "int8":
-                proto = _quantize_int8(proto)
+            proto, dynamic, checks, xs, t_of = _fp32_graph(plan, part, opset, dynamic_time and timed, parity, console)
+            if timed and dynamic_time and not dynamic:
+                report.dynamic_time = dynamic_time = info.dynamic_time = False
+            proto = _convert_dtype(plan, part, proto, dtype, opset, dynamic)
             if parity and dtype != "fp32":
-                checks += _parity(module, part, proto, dtype, xs, t_of)
+                checks += _parity(plan.modules[part], part, proto, dtype, xs, t_of)
             report.parity += checks
-            metadata = build_metadata(
-                mcfg, pcfg, loaded.meta, dtype=dtype, dynamic_time=dynamic if timed else dynamic_time,
-                part=part, source=report.source, checkpoint_name=_name(checkpoint),
-                parity={"seed": PARITY_SEED, "tolerance": FP32_TOLERANCE, "reference": "torch fp32 cpu",
-                        "checks": [c.to_dict() for c in checks]},
-            )
-            metadata["export_id"] = export_id
-            metadata["split"] = split
-            metadata["opset"] = opset
-            set_metadata(proto, metadata)
-            if proto.ByteSize() > MAX_BYTES:
-                raise SlsttError(
-                    f"{part} model is {proto.ByteSize() / 2**30:.1f} GiB, over ONNX's 2 GiB single-file limit; "
-                    "use a smaller backbone or --dtype fp16/int8"
-                )
-            blobs[part] = proto.SerializeToString()
+            info.dynamic_time = dynamic if timed else dynamic_time
+            blobs[part] = _stamp(plan, proto, part, info, checks)
             if part == "full":
-                report.metadata = metadata
+                report.metadata = json.loads(_metadata_json(proto))
     _print_parity(console, report.parity)
-
-    paths = part_paths(output)
-    written: list[Path] = []
-    try:
-        for part, blob in blobs.items():
-            written.append(atomic_write_bytes(paths[part], blob))
-            report.size_bytes[part] = len(blob)
-    except BaseException:
-        for path in written:  # all parts or none
-            path.unlink(missing_ok=True)
-        raise
-    report.outputs = written
+    _write_all(output, blobs, report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _metadata_json(proto: Any) -> str:
+    from slstt.export.metadata import METADATA_KEY
+
+    return next(p.value for p in proto.metadata_props if p.key == METADATA_KEY)
+
+
+CHECKPOINT_SUFFIXES = (".pth.tar", ".pt", ".pth", ".ckpt", ".tar")
+
+
+def default_output(checkpoint: Path) -> Path:
+    """checkpoint stem + .onnx beside it (model_best_x.pth.tar -> model_best_x.onnx)."""
+    name = checkpoint.name
+    for suffix in CHECKPOINT_SUFFIXES:
+        if name.endswith(suffix):
+            return checkpoint.with_name(name[: -len(suffix)] + ".onnx")
+    return checkpoint.with_name(name + ".onnx")
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, *, dtype: str = "fp32",
+                      split: bool = False, opset: int = 17, dynamic_time: bool = True, parity: bool = True,
+                      aggregator: str = "auto", console: Any = None) -> ExportReport:
+    """`slstt export onnx` and `slstt.export(...)`: the options checked in one line each, the default
+    output name, then export_onnx."""
+    from slstt.config import AGGREGATORS
+
+    if dtype not in DTYPES:
+        raise SlsttError(f"--dtype {dtype!r} unknown; choose one of {', '.join(DTYPES)}")
+    if aggregator not in ("auto", *AGGREGATORS):
+        raise SlsttError(f"--aggregator {aggregator!r} unknown; choose auto, {', '.join(AGGREGATORS)}")
+    checkpoint = Path(checkpoint)
+    out = Path(output) if output is not None else default_output(checkpoint)
+    return export_onnx(checkpoint, out, split=split, dtype=dtype, opset=opset, dynamic_time=dynamic_time,
+                       parity=parity, console=console, aggregator=aggregator)
 
 
 def _name(checkpoint: Any) -> str:

@@ -243,23 +243,23 @@ class OnnxClassifier:
     """An exported SLSTT model: predict(flows (B, T, 3, S, S) float32, already normalised) -> probs (B, C)."""
 
     def __init__(self, path: str | Path, provider: str = "auto", warmup: bool = True):
-        from slstt.config import ModelConfig, PreprocessConfig
         from slstt.export.metadata import check_compatible, parse_metadata
 
         self.path = Path(path)
         self.session, self.providers = create_session(self.path, provider, warmup=False)
         self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        check_compatible(self.metadata, input_shape=inp.shape, output_size=out.shape[-1], where=str(self.path))
-        if self.metadata.get("part", "full") != "full":
-            raise SlsttError(f"{self.path} is the {self.metadata['part']} part; load the full <stem>.onnx model")
-        self.preprocess = PreprocessConfig.from_dict(self.metadata["preprocess_config"])
-        self.model_config = ModelConfig.from_dict(self.metadata["model_config"])
-        self.labels: list[str] = list(self.metadata["labels"])
-        self.num_frames = self.preprocess.num_frames
-        self.input_size = self.preprocess.input_size
-        self.dynamic_time = bool(self.metadata.get("dynamic_time"))
-        self.dtype = self.metadata.get("dtype", "fp32")
+        self.card = check_compatible(self.metadata, input_shape=inp.shape, output_size=out.shape[-1],
+                                     where=str(self.path))
+        if self.card.export.part != "full":
+            raise SlsttError(f"{self.path} is the {self.card.export.part} part; load the full <stem>.onnx model")
+        self.preprocess = self.card.preprocess
+        self.model_config = self.card.model
+        self.labels: list[str] = list(self.card.labels)
+        self.num_frames = self.card.num_frames
+        self.input_size = self.card.input_size
+        self.dynamic_time = self.card.export.dynamic_time
+        self.dtype = self.card.export.dtype
         self._input_name = inp.name
         self._input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         self._parts: dict[str, Any] = {}

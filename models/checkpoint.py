@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slstt.card import ModelCard
 from slstt.config import ModelConfig, PreprocessConfig
 from slstt.errors import SlsttError
 from slstt.io import atomic_torch_save
@@ -48,6 +49,12 @@ class LoadedCheckpoint:
     preprocess_config: PreprocessConfig  # the paper's defaults for the authors' files
     meta: dict[str, Any]
     source: str  # "slstt" | "authors"
+
+    @property
+    def card(self) -> ModelCard:
+        """The model card of these weights (labels, recipe, serving frame rate, provenance): what
+        export writes into the ONNX metadata; T and input size checked against the model here."""
+        return ModelCard.from_training(self.model_config, self.preprocess_config, self.meta, where=f"{self.source} checkpoint")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ JSONL/CSV, a timeline PNG, and with ground truth the MEGC spotting scores:
 from __future__ import annotations
 
 import csv
-import time
+import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from slstt.errors import SlsttError
-from slstt.io import atomic_savefig, atomic_write_json
-from slstt.realtime.events import EventLog, SpotEvent, write_events_csv
+from slstt.io import atomic_savefig, atomic_write_json, check_distinct_outputs, check_output
+from slstt.realtime.events import SpotEvent, write_events_csv
+from slstt.realtime.sinks import EventsFileSink, Sink
 
 
 @dataclass
@@ -29,6 +31,9 @@ class GroundTruth:
     onset: int
     apex: int
     offset: int
+    region: str = ""  # optional columns of `slstt synth --style webcam` ground truth
+    amplitude_px: float | None = None
+    context: str = ""
 
 
 def read_ground_truth(path: str | Path) -> list[GroundTruth]:
@@ -36,8 +41,11 @@ def read_ground_truth(path: str | Path) -> list[GroundTruth]:
     path = Path(path)
     if not path.is_file():
         raise SlsttError(f"ground truth not found: {path}; pass the .gt.csv written with the video")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SlsttError(f"{path}: not UTF-8 text (byte {exc.start}); save the ground truth as UTF-8 CSV") from None
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     need = {"kind", "label", "onset_frame", "offset_frame"}
     if rows and not need <= set(rows[0]):
         raise SlsttError(f"{path}: needs columns {', '.join(sorted(need))}; got {', '.join(rows[0])}")
@@ -48,7 +56,17 @@ def read_ground_truth(path: str | Path) -> list[GroundTruth]:
             apex = int(r["apex_frame"]) if r.get("apex_frame") not in (None, "") else (onset + offset) // 2
         except ValueError:
             raise SlsttError(f"{path} line {n}: frame numbers must be integers") from None
-        out.append(GroundTruth(r["kind"].strip().lower(), r["label"].strip(), onset, apex, offset))
+        if onset < 0 or offset < onset or not onset <= apex <= offset:
+            raise SlsttError(f"{path} line {n}: needs 0 <= onset_frame <= apex_frame <= offset_frame; got "
+                             f"{onset}, {apex}, {offset}")
+        amplitude = None
+        if r.get("amplitude_px") not in (None, ""):
+            try:
+                amplitude = float(r["amplitude_px"])
+            except ValueError:
+                raise SlsttError(f"{path} line {n}: amplitude_px must be a number") from None
+        out.append(GroundTruth(r["kind"].strip().lower(), (r.get("label") or "").strip(), onset, apex, offset,
+                               (r.get("region") or "").strip(), amplitude, (r.get("context") or "").strip()))
     return out
 
 
@@ -102,7 +120,7 @@ def score_spotting(events: list[SpotEvent], truth: list[GroundTruth], min_iou: f
     scores = SpotScores(len(matches), len(pred), len(gt), p, r, f, matches=matches)
     labelled = [m for m in matches if m["label"] is not None]
     if labelled:
-        scores.correct_label = sum(m["label"].lower() == m["truth_label"].lower() for m in labelled)
+        scores.correct_label = sum(str(m["label"]).lower() == str(m["truth_label"]).lower() for m in labelled)
         scores.label_accuracy = scores.correct_label / len(labelled)
         scores.combined_f1 = _f1(scores.correct_label, len(pred), len(gt))[2]
     return scores
@@ -118,8 +136,8 @@ def plot_timeline(path: Path, history: list[tuple[int, float, float, float]], ev
     arr = np.array([(t, s, thr) for _, t, s, thr in history], dtype=np.float64) if history else np.zeros((0, 3))
     fig, ax = plt.subplots(figsize=(14, 4))
     if len(arr):
-        ax.plot(arr[:, 0], arr[:, 1], lw=0.8, color="tab:blue", label="motion score")
-        ax.plot(arr[:, 0], arr[:, 2], lw=0.8, color="tab:orange", label="threshold")
+        ax.plot(arr[:, 0], arr[:, 1], lw=0.8, color="tab:blue", label="score / threshold")
+        ax.plot(arr[:, 0], arr[:, 2], lw=0.8, color="tab:orange", label="threshold (1.0)")
     top = float(np.nanmax(arr[:, 1])) if len(arr) and np.isfinite(arr[:, 1]).any() else 1.0
     for e in events:
         color = "tab:red" if e.kind == "micro" else "tab:purple"
@@ -132,7 +150,7 @@ def plot_timeline(path: Path, history: list[tuple[int, float, float, float]], ev
         if g.kind == "micro":
             ax.text(g.apex / fps, -0.13 * top, g.label, fontsize=6, ha="center", color="green")
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("px (face crop)")
+    ax.set_ylabel("score / threshold")
     ax.set_title(title + "   (spans: red = spotted micro, purple = macro; bars below: ground truth, "
                  "green = micro)", fontsize=9)
     ax.legend(loc="upper right", fontsize=8)
@@ -149,7 +167,14 @@ class AnalyzeResult:
     video_fps: float
     scores: SpotScores | None
     warnings: list[str]
-    out_dir: Path
+    out_dir: Path | None  # None: nothing written (the Python API without out=)
+    face_frames: int = 0
+    spot_frames: int = 0  # face frames on which the spotter produced a finite score
+
+    @property
+    def spot_ratio(self) -> float:
+        """Fraction of face frames on which the spotter could have opened an interval."""
+        return self.spot_frames / self.face_frames if self.face_frames else 0.0
 
 
 def _make_out_dir(out: Path) -> None:
@@ -162,77 +187,157 @@ def _make_out_dir(out: Path) -> None:
                          "pass a folder path you can write to") from None
 
 
-def analyze_video(video: str | Path, out_dir: str | Path, *, model: str | Path | None = None,
+# --- output protections: what analyze writes in --out, and what it must never overwrite ------------
+RECORD_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")  # = overlay.RECORD_FORMATS (checked here before any work)
+
+
+def check_record_name(record: Path | None) -> None:
+    if record is not None and record.suffix.lower() not in RECORD_SUFFIXES:
+        raise SlsttError(f"--record {record}: name it .mp4 or .mkv (fragmented mp4 / Matroska stay playable "
+                         "after a crash)")
+
+
+def file_inputs(*paths: Path | str | None) -> list[Path]:
+    """The given paths that are local files (not URLs or camera indices): outputs must not hit them."""
+    out = []
+    for p in paths:
+        if p is None or isinstance(p, int) or "://" in str(p):
+            continue
+        out.append(Path(p))
+    return out
+
+
+@dataclass(frozen=True)
+class AnalyzeLayout:
+    """The files analyze writes in its --out folder (one owner of the names)."""
+
+    out: Path
+    EVENTS = "events.jsonl"
+    EVENTS_CSV = "events.csv"
+    TIMELINE = "timeline.png"
+    SUMMARY = "summary.json"
+    NAMES = (EVENTS, EVENTS_CSV, TIMELINE, SUMMARY)
+
+    @property
+    def events(self) -> Path:
+        return self.out / self.EVENTS
+
+    @property
+    def events_csv(self) -> Path:
+        return self.out / self.EVENTS_CSV
+
+    @property
+    def timeline(self) -> Path:
+        return self.out / self.TIMELINE
+
+    @property
+    def summary(self) -> Path:
+        return self.out / self.SUMMARY
+
+
+ANALYZE_OUTPUTS = AnalyzeLayout.NAMES  # what analyze writes in --out
+
+
+def check_analyze_outputs(out: Path, *, record: Path | None, inputs: list[Path], overwrite: bool,
+                          names: tuple[str, ...] = ANALYZE_OUTPUTS, folders: tuple[str, ...] = ()) -> None:
+    """--out may hold earlier results (`names`, the files written there, and `folders`, written into)
+    only with --overwrite; no output may be an input, nor a folder written into hold one, ever."""
+    if out.exists() and not out.is_dir():
+        raise SlsttError(f"--out {out} is a file; pass a folder (it is created when missing)")
+    earlier = [name for name in (*names, *folders) if (out / name).exists() or (out / name).is_symlink()]
+    for name in names:  # an input inside --out under an output's name: refused even with --overwrite
+        check_output(out / name, inputs=inputs, overwrite=True, what=f"--out {out}: output")
+    for name in folders:
+        _check_no_input_inside(out / name, inputs)
+    if earlier and not overwrite:
+        raise SlsttError(f"--out {out} holds results of an earlier run ({', '.join(earlier)}); pass --overwrite "
+                         "to replace them or choose another --out folder")
+    if record is not None:
+        check_output(record, inputs=inputs, overwrite=overwrite, what="--record file")
+        check_record_name(record)
+        check_distinct_outputs({"--record": record, **{f"--out {name}": out / name for name in names}})
+
+
+def _check_no_input_inside(folder: Path, inputs: list[Path]) -> None:
+    root = folder.resolve()
+    for given in inputs:
+        if root in Path(given).resolve().parents:
+            raise SlsttError(f"--out {folder.parent}: results are written into {folder}, which holds the input "
+                             f"{given}; choose another --out folder")
+
+
+def _analyze_sinks(out: Path | None, record: str | Path | None, progress: bool, source: Any, label: str,
+                   warn: Callable[[str], None]) -> tuple[EventsFileSink, list[Sink]]:
+    from slstt.realtime.sinks import ProgressSink, RecorderSink
+
+    events = EventsFileSink(AnalyzeLayout(out).events if out is not None else None)
+    sinks: list[Sink] = [events]
+    if record:  # analyze waits for the encoder: every frame recorded
+        sinks.append(RecorderSink(Path(record), on_warning=warn, fps=source.fps, size=(source.width, source.height)))
+    if progress:
+        sinks.append(ProgressSink(f"analyze {label}", source.frame_count))
+    return events, sinks
+
+
+def analyze_video(video: str | Path, out_dir: str | Path | None, *, model: str | Path | None = None,
                   ground_truth: str | Path | None = None, config: Any = None,
                   record: str | Path | None = None, progress: bool = False,
-                  on_warning: Any = None) -> AnalyzeResult:
-    """Run the pipeline over every frame of `video`; write events.jsonl, events.csv, timeline.png
-    (and summary.json) into out_dir; score against the ground truth when given."""
+                  on_warning: Callable[[str], None] | None = None) -> AnalyzeResult:
+    """Run the pipeline over every frame of `video` (the stream runner, file read synchronously);
+    write events.jsonl, events.csv, timeline.png and summary.json into out_dir (None: no files);
+    score against the ground truth when given."""
     from slstt.realtime.capture import VideoSource
     from slstt.realtime.pipeline import LiveConfig, LivePipeline
+    from slstt.realtime.runner import StreamRunner
 
     truth = read_ground_truth(ground_truth) if ground_truth else None
     source = VideoSource(str(video), threaded=False)  # a bad video fails before any folder is made
-    out = Path(out_dir)
-    pipe = log = writer = bar = None
+    out = Path(out_dir) if out_dir is not None else None
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if on_warning is not None:
+            on_warning(message)
+
+    pipe = None
     try:
-        _make_out_dir(out)
-        pipe = LivePipeline(config or LiveConfig(), model=model, on_warning=on_warning)
-        log = EventLog(out / "events.jsonl")
-        if record:
-            from slstt.realtime.overlay import open_writer
-
-            writer = open_writer(Path(record), source.fps, (source.width, source.height))
-        if progress:
-            from rich.progress import Progress
-
-            bar = Progress(transient=True)
-            bar.start()
-            task = bar.add_task(f"analyze {Path(video).name}", total=source.frame_count)
-        t0 = time.perf_counter()
-        for frame in source.frames():
-            for event in pipe.process(frame.image, frame.t, frame.index):
-                log.write(event)
-            if writer is not None:
-                from slstt.realtime.overlay import render
-
-                writer.write(render(frame.image, pipe))
-            if bar is not None:
-                bar.advance(task)
-        for event in pipe.finish():
-            log.write(event)
-        wall = time.perf_counter() - t0
+        if out is not None:
+            _make_out_dir(out)
+        pipe = LivePipeline(config or LiveConfig(), model=model, on_warning=warn)
+        events_sink, sinks = _analyze_sinks(out, record, progress, source, Path(str(video)).name, warn)
+        outcome = StreamRunner(source, pipe, sinks).run()
     finally:
-        if bar is not None:
-            bar.stop()
-        if log is not None:
-            log.close()
-        if writer is not None:
-            writer.release()
         source.close()
         if pipe is not None:
             pipe.close()
     if pipe.stats.frames and not pipe.stats.face_frames:
-        message = (f"no face found in any of the {pipe.stats.frames} frames of {video}; spotting needs a "
-                   "visible, frontal face")
-        pipe.warnings.append(message)
-        if on_warning is not None:
-            on_warning(message)
-    events = sorted(log.events, key=lambda e: e.onset_frame)
-    write_events_csv(out / "events.csv", events)
-    scores = score_spotting(events, truth) if truth is not None else None
-    plot_timeline(out / "timeline.png", pipe.history, events, truth, source.fps, Path(video).name)
-    frames = pipe.stats.frames
-    result = AnalyzeResult(events, frames, frames / wall if wall > 0 else 0.0, source.fps, scores,
-                           list(pipe.warnings), out)
-    atomic_write_json(out / "summary.json", {
-        "video": str(video), "frames": frames, "video_fps": source.fps, "processing_fps": round(result.fps, 1),
-        "face_frames": pipe.stats.face_frames, "events": len(events),
+        warn(f"no face found in any of the {pipe.stats.frames} frames of {video}; spotting needs a "
+             "visible, frontal face")
+    events = sorted(events_sink.log.events, key=lambda e: e.onset_frame)
+    stats = pipe.stats
+    result = AnalyzeResult(events, stats.frames, stats.frames / outcome.wall_s if outcome.wall_s > 0 else 0.0,
+                           source.fps, score_spotting(events, truth) if truth is not None else None, warnings, out,
+                           stats.face_frames, stats.spot_frames)
+    if out is not None:
+        _write_analysis(out, result, pipe.history, truth, video, model)
+    return result
+
+
+def _write_analysis(out: Path, result: AnalyzeResult, history: list[tuple[int, float, float, float]],
+                    truth: list[GroundTruth] | None, video: str | Path, model: str | Path | None) -> None:
+    events, scores = result.events, result.scores
+    files = AnalyzeLayout(out)
+    write_events_csv(files.events_csv, events)
+    plot_timeline(files.timeline, history, events, truth, result.video_fps, Path(str(video)).name)
+    atomic_write_json(files.summary, {
+        "video": str(video), "frames": result.frames, "video_fps": result.video_fps,
+        "processing_fps": round(result.fps, 1), "face_frames": result.face_frames,
+        "spot_frames": result.spot_frames, "spot_ratio": round(result.spot_ratio, 4), "events": len(events),
         "micro": sum(e.kind == "micro" for e in events), "macro": sum(e.kind == "macro" for e in events),
         "model": str(model) if model else None, "warnings": result.warnings,
         "scores": scores.to_dict() if scores else None,
     })
-    return result
 
 
 def summary_lines(result: AnalyzeResult) -> list[str]:
@@ -246,4 +351,203 @@ def summary_lines(result: AnalyzeResult) -> list[str]:
         if s.label_accuracy is not None:
             lines.append(f"spot-then-recognise: {s.correct_label}/{s.tp} correctly spotted events have the right "
                          f"label (accuracy {s.label_accuracy:.3f}); combined F1 {s.combined_f1:.3f}")
+    return lines
+
+
+# --- many videos: pooled evaluation ------------------------------------------------------------
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v")
+
+
+@dataclass
+class VideoItem:
+    video: Path
+    truth: Path
+
+
+def collect_videos(spec: str | Path) -> list[VideoItem]:
+    """A folder (every video with its `<stem>.gt.csv` beside it) or a CSV list with columns
+    video,ground_truth (paths relative to the CSV)."""
+    spec = Path(spec)
+    items: list[VideoItem] = []
+    if spec.is_dir():
+        for video in sorted(p for p in spec.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith(".")):
+            truth = video.with_suffix(".gt.csv")
+            if not truth.is_file():
+                raise SlsttError(f"{video}: no ground truth {truth.name} beside it; every video of a folder needs "
+                                 "one (an empty one, with the header only, for a video without events)")
+            items.append(VideoItem(video, truth))
+        if not items:
+            raise SlsttError(f"{spec}: no videos ({', '.join(VIDEO_SUFFIXES)}) in this folder")
+        return items
+    if spec.suffix.lower() == ".csv" and spec.is_file():
+        try:
+            rows = list(csv.DictReader(io.StringIO(spec.read_bytes().decode("utf-8-sig"), newline="")))
+        except UnicodeDecodeError:
+            raise SlsttError(f"{spec}: not UTF-8 text; save the video list as UTF-8 CSV") from None
+        if not rows or not {"video", "ground_truth"} <= set(rows[0]):
+            raise SlsttError(f"{spec}: a video list needs the columns video,ground_truth and at least one row")
+        for n, r in enumerate(rows, start=2):
+            video, truth = spec.parent / r["video"].strip(), spec.parent / r["ground_truth"].strip()
+            for what, path in (("video", video), ("ground_truth", truth)):
+                if not path.is_file():
+                    raise SlsttError(f"{spec} line {n}: {what} {path} not found; paths are relative to the list")
+            items.append(VideoItem(video, truth))
+        return items
+    raise SlsttError(f"{spec}: pass a video file, a folder of videos with .gt.csv files, or a CSV list "
+                     "(video,ground_truth)")
+
+
+@dataclass
+class PooledResult:
+    videos: list[dict[str, Any]]  # one row per video
+    groups: list[dict[str, Any]]  # recall per amplitude / region / context of the ground truth
+    fired: dict[str, dict[str, int]]  # region that fired -> {"tp": n, "fp": n}
+    pooled: dict[str, Any]
+    out_dir: Path
+
+
+def _pooled_numbers(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    tp, spotted, truth = (sum(r[k] for r in rows) for k in ("tp", "spotted", "truth"))
+    minutes = sum(r["seconds"] for r in rows) / 60.0
+    quiet = [r for r in rows if r["truth"] == 0]
+    quiet_minutes = sum(r["seconds"] for r in quiet) / 60.0
+    p, r, f = _f1(tp, spotted, truth)
+    return {
+        "videos": len(rows), "minutes": round(minutes, 3), "tp": tp, "spotted": spotted, "truth": truth,
+        "fp": spotted - tp, "fn": truth - tp, "precision": round(p, 4), "recall": round(r, 4), "f1": round(f, 4),
+        "false_spots_per_minute": round((spotted - tp) / minutes, 3) if minutes else None,
+        "no_event_minutes": round(quiet_minutes, 3),
+        "false_spots_per_minute_without_events": (round(sum(r["spotted"] for r in quiet) / quiet_minutes, 3)
+                                                   if quiet_minutes else None),
+        "face_frames": round(sum(r["face_frames"] for r in rows) / max(sum(r["frames"] for r in rows), 1), 4),
+    }
+
+
+POOLED_OUTPUTS = ("pooled.json", "per_video.csv", "per_group.csv", "pooled.png", "videos")  # in --out
+
+
+class _Pool:
+    """Accumulates the per-video results of analyze_many."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.per_group: dict[tuple[str, str], list[int]] = {}
+        self.fired: dict[str, dict[str, int]] = {}
+
+    def add(self, video: Path, result: AnalyzeResult, truth: list[GroundTruth]) -> None:
+        s = result.scores
+        assert s is not None  # analyze_many always passes ground truth
+        self.rows.append({"video": str(video), "frames": result.frames,
+                          "seconds": round(result.frames / (result.video_fps or 30.0), 3),
+                          "face_frames": result.face_frames, "spot_frames": result.spot_frames,
+                          "truth": s.truth, "spotted": s.spotted, "tp": s.tp, "precision": round(s.precision, 4),
+                          "recall": round(s.recall, 4), "f1": round(s.f1, 4),
+                          "processing_fps": round(result.fps, 1)})
+        found = {(m["truth_onset"], m["truth_offset"]) for m in s.matches}
+        for g in truth:
+            if g.kind == "micro":
+                self._count(g, int((g.onset, g.offset) in found))
+        hit_events = {m["event"] for m in s.matches}
+        for e in result.events:
+            if e.kind == "micro":
+                tally = self.fired.setdefault(e.region or next(iter(e.regions), "?"), {"tp": 0, "fp": 0})
+                tally["tp" if e.event in hit_events else "fp"] += 1
+
+    def _count(self, g: GroundTruth, hit: int) -> None:
+        for group, value in (("amplitude_px", f"{g.amplitude_px:g}" if g.amplitude_px is not None else ""),
+                             ("region", g.region), ("context", g.context)):
+            if value:
+                counts = self.per_group.setdefault((group, value), [0, 0])
+                counts[0] += hit
+                counts[1] += 1
+
+    def groups(self) -> list[dict[str, Any]]:
+        return [{"group": g, "value": v, "found": c[0], "truth": c[1], "recall": round(c[0] / c[1], 4)}
+                for (g, v), c in sorted(self.per_group.items())]
+
+
+def _video_dirs(items: list[VideoItem]) -> list[str]:
+    """One folder name per video (two videos of the same name in a CSV list get name, name_)."""
+    names: list[str] = []
+    for item in items:
+        stem = item.video.stem
+        while stem in names:
+            stem += "_"
+        names.append(stem)
+    return names
+
+
+def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Path | None = None,
+                 config: Any = None, progress: bool = False,
+                 on_warning: Callable[[str], None] | None = None) -> PooledResult:
+    """analyze_video on each video (into out_dir/videos/<stem>/), then pooled micro scores (MEGC rule:
+    IoU >= 0.5, one-to-one per video), false spots per minute on videos without events, recall per
+    amplitude / region / context of the ground truth, the regions that fired, a table and a plot."""
+    out = Path(out_dir)
+    _make_out_dir(out)
+    pool = _Pool()
+    for item, name in zip(items, _video_dirs(items), strict=True):
+        result = analyze_video(item.video, out / "videos" / name, model=model, ground_truth=item.truth,
+                               config=config, progress=progress, on_warning=on_warning)
+        pool.add(item.video, result, read_ground_truth(item.truth))
+    groups, pooled = pool.groups(), _pooled_numbers(pool.rows)
+    _write_table(out / "per_video.csv", pool.rows)
+    _write_table(out / "per_group.csv", groups)
+    atomic_write_json(out / "pooled.json", {"pooled": pooled, "groups": groups, "fired": pool.fired,
+                                            "videos": pool.rows})
+    _plot_pooled(out / "pooled.png", pool.rows, groups, pooled)
+    return PooledResult(pool.rows, groups, pool.fired, pooled, out)
+
+
+def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+    from slstt.io import atomic_write_text
+
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _plot_pooled(path: Path, rows: list[dict[str, Any]], groups: list[dict[str, Any]], pooled: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [max(len(groups), 1), max(len(rows), 1)]})
+    ax = axes[0]
+    if groups:
+        names = [f"{g['group'].split('_')[0]}={g['value']}" for g in groups]
+        ax.bar(range(len(groups)), [g["recall"] for g in groups], color="tab:green")
+        ax.set_xticks(range(len(groups)), names, rotation=60, ha="right", fontsize=7)
+        for i, g in enumerate(groups):
+            ax.text(i, g["recall"] + 0.02, f"{g['found']}/{g['truth']}", ha="center", fontsize=6)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("micro recall (IoU >= 0.5)")
+    ax.set_title(f"pooled: recall {pooled['recall']:.2f}  precision {pooled['precision']:.2f}  F1 {pooled['f1']:.2f}",
+                 fontsize=9)
+    ax = axes[1]
+    fp_min = [(r["spotted"] - r["tp"]) / (r["seconds"] / 60.0) if r["seconds"] else 0.0 for r in rows]
+    ax.bar(range(len(rows)), fp_min, color=["tab:gray" if r["truth"] == 0 else "tab:red" for r in rows])
+    ax.set_xticks(range(len(rows)), [Path(r["video"]).stem for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("false spots per minute")
+    ax.set_title(f"false spots/min {pooled['false_spots_per_minute']} (gray: videos without events)", fontsize=9)
+    fig.tight_layout()
+    atomic_savefig(path, fig, dpi=110)
+    plt.close(fig)
+
+
+def pooled_lines(result: PooledResult) -> list[str]:
+    p = result.pooled
+    lines = [f"{p['videos']} videos, {p['minutes']:.1f} min: micro precision {p['precision']:.3f}  recall "
+             f"{p['recall']:.3f}  F1 {p['f1']:.3f}  ({p['tp']} of {p['truth']} found, {p['spotted']} spotted); "
+             f"{p['false_spots_per_minute']} false spots/min"
+             + (f", {p['false_spots_per_minute_without_events']} on videos without events"
+                if p["false_spots_per_minute_without_events"] is not None else "")]
+    for g in result.groups:
+        lines.append(f"  {g['group']:>12} {g['value']:<16} recall {g['recall']:.3f} ({g['found']}/{g['truth']})")
+    lines.append(f"tables: {result.out_dir / 'per_video.csv'}, {result.out_dir / 'per_group.csv'}; "
+                 f"plot: {result.out_dir / 'pooled.png'}")
     return lines

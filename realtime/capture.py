@@ -123,9 +123,7 @@ def _is_url(source: Source) -> bool:
     return isinstance(source, str) and "://" in source
 
 
-def _open(source: Source, timeout_s: float, read_timeout_s: float | None = None
-          ) -> tuple[cv2.VideoCapture, np.ndarray]:
-    """Open and read the first frame within timeout_s (a missing camera or dead stream may hang)."""
+def _check_local(source: Source) -> None:
     if isinstance(source, int):
         check_camera_index(source)  # OpenCV crashes on some negative indices: never pass one
     elif not _is_url(source):
@@ -134,6 +132,23 @@ def _open(source: Source, timeout_s: float, read_timeout_s: float | None = None
             raise SlsttError(f"video not found: {path}; pass an existing video file to --video")
         if not os.access(path, os.R_OK):
             raise SlsttError(f"video not readable: {path}; check its permissions")
+
+
+def _open_failed(source: Source, timeout_s: float) -> SlsttError:
+    if isinstance(source, int):
+        return SlsttError(f"camera {source} is not available (no device, busy or no permission); "
+                          "try another --camera index or use --video PATH")
+    if _is_url(source):
+        return SlsttError(f"cannot open stream {source} (no frame within {timeout_s:g} s); check the URL "
+                          "and that the stream is live")
+    return SlsttError(f"cannot read video {source}: OpenCV cannot decode it (not a video or corrupt); "
+                      "convert it to mp4/avi or pass another file")
+
+
+def _open(source: Source, timeout_s: float, read_timeout_s: float | None = None
+          ) -> tuple[cv2.VideoCapture, np.ndarray]:
+    """Open and read the first frame within timeout_s (a missing camera or dead stream may hang)."""
+    _check_local(source)
     result: dict[str, object] = {}
     abandoned = threading.Event()
     params: list[int] = []
@@ -170,14 +185,7 @@ def _open(source: Source, timeout_s: float, read_timeout_s: float | None = None
         cap = result.get("cap")
         if isinstance(cap, cv2.VideoCapture):
             cap.release()
-        if isinstance(source, int):
-            raise SlsttError(f"camera {source} is not available (no device, busy or no permission); "
-                             "try another --camera index or use --video PATH")
-        if _is_url(source):
-            raise SlsttError(f"cannot open stream {source} (no frame within {timeout_s:g} s); check the URL "
-                             "and that the stream is live")
-        raise SlsttError(f"cannot read video {source}: OpenCV cannot decode it (not a video or corrupt); "
-                         "convert it to mp4/avi or pass another file")
+        raise _open_failed(source, timeout_s)
     if frame.ndim == 2:
         frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     return result["cap"], frame  # type: ignore[return-value]
@@ -290,8 +298,9 @@ class VideoSource:
                 cap.release()
                 break
             self._cap = cap
-            gap = GapRecord(last_t, time.monotonic() - t0, reason, attempts, last_index)
-            self.on_message(f"{where}: reconnected after {gap.end_s - gap.start_s:.1f} s without frames "
+            end_s = time.monotonic() - t0
+            gap = GapRecord(last_t, end_s, reason, attempts, last_index)
+            self.on_message(f"{where}: reconnected after {end_s - last_t:.1f} s without frames "
                             f"(attempt {attempt}); the gap is recorded in the events")
             return gap, image
         if not self._stop.is_set():
@@ -359,9 +368,7 @@ class VideoSource:
 
     def frames(self) -> Iterator[Frame]:
         if not self.threaded:
-            for item in self._items():
-                if isinstance(item, Frame):
-                    yield item
+            yield from (frame for frame in self._items() if isinstance(frame, Frame))
             return
         self._last_frame_wall = time.monotonic()  # model loading since the open is not a stall
         self._thread = _track(threading.Thread(target=self._reader, name="slstt-capture", daemon=True))

@@ -3,7 +3,6 @@ before mediapipe/onnxruntime load, so a missing camera fails in well under 3 s."
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -21,7 +20,6 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
 
 
-DEVICES = ("auto", "tensorrt", "cuda", "cpu")  # onnxruntime providers of slstt.export.runtime
 DEVICE_HELP = "Recognition device: auto | tensorrt | cuda | cpu."
 
 
@@ -30,54 +28,23 @@ def _echo(message: str) -> None:
 
 
 def _check_number(option: str, value: float | None, low: float, high: float, *, low_open: bool = False) -> None:
-    """Finite and in [low, high] (or (low, high] with low_open); one line naming the option otherwise."""
-    from slstt.errors import SlsttError
+    from slstt.errors import check_number
 
-    if value is None:
-        return
-    bad = not math.isfinite(value) or value > high or value < low or (low_open and value == low)
-    if bad:
-        above = f"above {low:g}" if low_open else f"at least {low:g}"
-        raise SlsttError(f"{option} {value:g}: give a finite number {above} and at most {high:g}")
+    check_number(option, value, low, high, low_open=low_open)
 
 
 def _check_int(option: str, value: int | None, low: int, high: int) -> None:
-    from slstt.errors import SlsttError
+    from slstt.errors import check_int
 
-    if value is not None and not low <= value <= high:
-        raise SlsttError(f"{option} {value}: give a whole number from {low} to {high}")
-
-
-MAX_MICRO_LIMIT_MS = 2000.0  # the frame ring holds 3 s: a micro event and its context must fit
+    check_int(option, value, low, high)
 
 
 def _live_config(threshold_k: float | None, min_micro_ms: float | None, max_micro_ms: float | None,
                  calibrate: float, landmark_every: int, face_model: Path | None, device: str) -> Any:
-    from slstt.errors import SlsttError
-    from slstt.realtime.pipeline import LiveConfig
-    from slstt.realtime.spotting import SpotterConfig
-    from slstt.realtime.tracker import TrackerConfig
+    from slstt.realtime.pipeline import live_config
 
-    if device not in DEVICES:
-        raise SlsttError(f"--device {device!r}: choose {', '.join(DEVICES)}")
-    _check_number("--calibrate", calibrate, 0.0, 3600.0)
-    _check_number("--threshold-k", threshold_k, 0.0, 1000.0, low_open=True)
-    _check_number("--min-micro-ms", min_micro_ms, 0.0, MAX_MICRO_LIMIT_MS, low_open=True)
-    _check_number("--max-micro-ms", max_micro_ms, 0.0, MAX_MICRO_LIMIT_MS, low_open=True)
-    _check_int("--landmark-every", landmark_every, 1, 1000)
-    if face_model is not None and not face_model.is_file():
-        raise SlsttError(f"--face-model {face_model}: file not found; pass a MediaPipe .task file or leave it out")
-    spot = SpotterConfig(calibrate_s=calibrate)
-    if threshold_k is not None:
-        spot.threshold_k = threshold_k
-    if min_micro_ms is not None:
-        spot.min_micro_ms = min_micro_ms
-    if max_micro_ms is not None:
-        spot.max_micro_ms = max_micro_ms
-    if spot.min_micro_ms >= spot.max_micro_ms:
-        raise SlsttError(f"--min-micro-ms ({spot.min_micro_ms:g}) must be below --max-micro-ms ({spot.max_micro_ms:g})")
-    return LiveConfig(spotter=spot, tracker=TrackerConfig(every=landmark_every),
-                      face_model=str(face_model) if face_model else None, device=device)
+    return live_config(threshold_k=threshold_k, min_micro_ms=min_micro_ms, max_micro_ms=max_micro_ms,
+                       calibrate=calibrate, landmark_every=landmark_every, face_model=face_model, device=device)
 
 
 def _check_model(model: Path | None) -> None:
@@ -92,8 +59,9 @@ def _event_line(ev: Any) -> str:
     error = f" [recognition: {ev.recognition_error}]" if ev.recognition_error else ""
     error += f" [note: {ev.recognition_note}]" if ev.recognition_note else ""
     latency = f", recognised in {ev.recognition_latency_ms:.0f} ms" if ev.recognition_latency_ms else ""
+    region = f", {ev.region}" if ev.region else ""
     return (f"{ev.kind:5s} {ev.onset_s:7.2f}-{ev.offset_s:.2f} s (frames {ev.onset_frame}-{ev.offset_frame}, "
-            f"{ev.duration_ms:.0f} ms, score {ev.score:.2f}){label}{latency}{error}")
+            f"{ev.duration_ms:.0f} ms, score {ev.score:.2f}{region}){label}{latency}{error}")
 
 
 class _GracefulStop:
@@ -137,138 +105,91 @@ class LiveOutcome:
         return 3 if self.failure else 0
 
 
+def _live_sinks(source: Any, events_path: Path | None, record: Path | None, display: bool,
+                warn: Any) -> tuple[Any, Any, list[Any]]:
+    """(events sink, recorder sink or None, all sinks); output files open first, so a bad --events
+    or --record fails in one line before the models load."""
+    from slstt.realtime.sinks import CallbackSink, EventsFileSink, RecorderSink, WindowSink
+
+    events = EventsFileSink(events_path)
+    recorder = RecorderSink(record, drop_when_full=True, on_warning=warn, fps=source.fps,
+                            size=(source.width, source.height)) if record else None
+    sinks: list[Any] = [events, CallbackSink(on_event=lambda ev: _echo(_event_line(ev)))]
+    if recorder is not None:
+        sinks.append(recorder)
+    if display:
+        sinks.append(WindowSink("slstt live", on_quit=source.stop, on_message=_echo))
+    return events, recorder, sinks
+
+
+def _start_line(source_spec: int | str, source: Any, model: Path | None, pipe: Any, recorder: Any) -> str:
+    mode = f"model {model.name} ({', '.join(pipe.recognizer.providers)})" if pipe.recognizer and model else \
+        "spotting only (no --model)"
+    name = source_spec if isinstance(source_spec, str) else f"camera {source_spec}"
+    return (f"live: {name} {source.width}x{source.height} @ {source.fps:g} fps, {mode}; Ctrl-C to stop"
+            + (f"; recording with {recorder.backend}" if recorder is not None and recorder.backend else "")
+            + (f"; {pipe.device_note}" if pipe.device_note else ""))
+
+
+def _stop_line(pipe: Any, source: Any, signum: int | None, window: Any, recorder: Any,
+               events_path: Path | None, record: Path | None) -> str:
+    stats = pipe.stats
+    how = " (signal)" if signum is not None else (" (stream lost)" if source.failure else "")
+    dropped_rec = getattr(recorder, "last_dropped", 0) if recorder is not None else 0
+    return (f"stopped{how}: {stats.frames} frames, "
+            f"{stats.fps:.0f} fps analysis, {stats.micro} micro / {stats.macro} macro events, "
+            f"{source.dropped} dropped, {window.skipped if window is not None else 0} display frames skipped"
+            + (f", {len(source.gaps)} stream gap(s)" if source.gaps else "")
+            + (f", {dropped_rec} recording frames dropped" if dropped_rec else "")
+            + (f"; events in {events_path}" if events_path else "")
+            + (f"; recording in {record}" if record else "")
+            + (f"; exit {128 + signum} ({signal.Signals(signum).name})" if signum is not None else ""))
+
+
 def run_live(source_spec: int | str, *, model: Path | None, config: Any, display: bool,
              events_path: Path | None, record: Path | None, paced: bool, max_seconds: float | None = None,
              note: str | None = None, policy: Any = None) -> LiveOutcome:
-    """The live loop (`slstt live`). Output paths must have been checked (`slstt.io.check_output`)."""
+    """The live loop (`slstt live`): open the source (fails fast, before heavy imports), open the
+    outputs, load the models, run the stream runner with its sinks, report. Output paths must have
+    been checked (`slstt.io.check_output`)."""
+    import dataclasses
+
     from slstt.realtime.capture import VideoSource
 
     warn = lambda message: _echo(f"warning: {message}")  # noqa: E731
-    source = VideoSource(source_spec, pace=paced, buffer_s=config.buffer_s, policy=policy,
-                         on_message=warn)  # fails fast, before heavy imports
+    source = VideoSource(source_spec, pace=paced, buffer_s=config.buffer_s, policy=policy, on_message=warn)
     stopper = _GracefulStop(source.stop)
     if note:
         _echo(note)
-    log = writer = None
     pipe = None
     try:
-        import cv2
-
-        from slstt.realtime.events import EventLog
-        from slstt.realtime.overlay import open_writer, render
         from slstt.realtime.pipeline import LivePipeline
+        from slstt.realtime.runner import StreamRunner
+        from slstt.realtime.sinks import WindowSink
 
-        # output files first: a bad --events/--record fails in one line before the models load
-        log = EventLog(events_path)
-        writer = open_writer(record, source.fps, (source.width, source.height), drop_when_full=True) \
-            if record else None
-        config.keep_history = False  # hours of live video: only the overlay's trace is kept
-        pipe = LivePipeline(config, model=model, on_warning=warn)
-        pipe.start(source.fps)
-        mode = f"model {model.name} ({', '.join(pipe.recognizer.providers)})" if pipe.recognizer else \
-            "spotting only (no --model)"
-        _echo(f"live: {source_spec if isinstance(source_spec, str) else f'camera {source_spec}'} "
-              f"{source.width}x{source.height} @ {source.fps:g} fps, {mode}; Ctrl-C to stop"
-              + (f"; recording with {writer.backend}" if writer is not None else ""))
-        display_skipped = 0
-        window = "slstt live"
-
-        def emit(events: list) -> None:
-            for ev in events:
-                log.write(ev)
-                _echo(_event_line(ev))
-
-        def on_gap(gap: Any) -> None:
-            emit(pipe.finish())  # events from before the gap first: the file stays in time order
-            log.write_gap(gap)
-            if gap.end_s is not None:
-                pipe.start(source.fps)  # fresh spotter: the jump across the gap is not an expression
-
-        source.on_gap = on_gap
-        for frame in source.frames():
-            emit(pipe.process(frame.image, frame.t, frame.index))
-            show = display and source.backlog <= 2  # analysis first: no drawing while frames queue up
-            if display and not show:
-                display_skipped += 1
-            if show or writer is not None:
-                annotated = render(frame.image, pipe, dropped=source.dropped, display_skipped=display_skipped)
-                if writer is not None:
-                    writer.write(annotated)  # queued: the writer thread encodes
-                if show:
-                    try:
-                        cv2.imshow(window, annotated)
-                        key = cv2.waitKey(1) & 0xFF
-                    except cv2.error:  # an OpenCV build without GUI support
-                        _echo("note: this OpenCV cannot open a window; continuing headless")
-                        display, key = False, -1
-                    if key in (ord("q"), 27):
-                        source.stop()
-            if max_seconds is not None and frame.t >= max_seconds:
-                source.stop()
-        emit(pipe.finish())
-        open_gap = source.unfinished_gap()
-        if open_gap is not None:
-            log.write_gap(open_gap)
-        if writer is not None:
-            writer.release()
-            if writer.error:
-                warn(f"recording: {writer.error}")
-        stats = pipe.stats
-        how = " (signal)" if stopper.signum is not None else (" (stream lost)" if source.failure else "")
-        _echo(f"stopped{how}: {stats.frames} frames, "
-              f"{stats.fps:.0f} fps analysis, {stats.micro} micro / {stats.macro} macro events, "
-              f"{source.dropped} dropped, {display_skipped} display frames skipped"
-              + (f", {len(source.gaps)} stream gap(s)" if source.gaps else "")
-              + (f", {writer.dropped} recording frames dropped" if writer is not None and writer.dropped else "")
-              + (f"; events in {events_path}" if events_path else "")
-              + (f"; recording in {record}" if record else "")
-              + (f"; exit {128 + stopper.signum} ({signal.Signals(stopper.signum).name})"
-                 if stopper.signum is not None else ""))
-        return LiveOutcome(stats.events, stopper.signum, source.failure)
+        _, recorder, sinks = _live_sinks(source, events_path, record, display, warn)
+        # hours of live video: only the overlay's trace is kept (a copy: the caller's config is not changed)
+        pipe = LivePipeline(dataclasses.replace(config, keep_history=False), model=model, on_warning=warn)
+        runner = StreamRunner(source, pipe, sinks, max_seconds=max_seconds, note=pipe.device_note)
+        _echo(_start_line(source_spec, source, model, pipe, recorder))
+        runner.run()
+        window = next((s for s in sinks if isinstance(s, WindowSink)), None)
+        _echo(_stop_line(pipe, source, stopper.signum, window, recorder, events_path, record))
+        return LiveOutcome(pipe.stats.events, stopper.signum, source.failure)
     finally:
         stopper.restore()
-        if log is not None:
-            log.close()
-        if writer is not None:
-            writer.release()
-        if display:
-            try:
-                import cv2
-
-                cv2.destroyAllWindows()
-            except Exception:  # noqa: BLE001 - headless OpenCV builds have no GUI to close
-                pass
         source.close()
         if pipe is not None:
             pipe.close()
 
 
-RECORD_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")  # = overlay.RECORD_FORMATS (checked here before any work)
-
-
-def _check_record_name(record: Path | None) -> None:
-    from slstt.errors import SlsttError
-
-    if record is not None and record.suffix.lower() not in RECORD_SUFFIXES:
-        raise SlsttError(f"--record {record}: name it .mp4 or .mkv (fragmented mp4 / Matroska stay playable "
-                         "after a crash)")
-
-
-def _file_inputs(*paths: Path | str | None) -> list[Path]:
-    """The given paths that are local files (not URLs or camera indices): outputs must not hit them."""
-    out = []
-    for p in paths:
-        if p is None or isinstance(p, int) or "://" in str(p):
-            continue
-        out.append(Path(p))
-    return out
-
-
 # Options shared by `live` and `analyze`: the same detector, so the same knobs and help.
 DEVICE_OPTION = typer.Option("auto", "--device", help=DEVICE_HELP)
-CALIBRATE_OPTION = typer.Option(0.0, "--calibrate", help="Seconds of neutral face first: sets the noise baseline (0-3600).")
-THRESHOLD_K_OPTION = typer.Option(None, "--threshold-k", help="Threshold = median + k * MAD of recent motion "
-                                  "(> 0; default: the spotter's).")
+CALIBRATE_OPTION = typer.Option(0.0, "--calibrate", metavar="SECONDS",
+                                help="The first SECONDS of a neutral face measure each region's own noise "
+                                "(threshold floor); 0-3600, 0 = off.")
+THRESHOLD_K_OPTION = typer.Option(None, "--threshold-k", help="Each region's threshold = median + k * MAD of its "
+                                  "recent motion (> 0; default: the spotter's).")
 MIN_MICRO_OPTION = typer.Option(None, "--min-micro-ms", help="Shorter intervals are ignored (default 100).")
 MAX_MICRO_OPTION = typer.Option(None, "--max-micro-ms", help="Longer intervals are macro (default 500, at most 2000).")
 LANDMARK_EVERY_OPTION = typer.Option(3, "--landmark-every", help="Run the face landmarker every k-th frame (1-1000).")
@@ -306,6 +227,7 @@ def live_command(
     Exit codes: 0 done, 2 bad input, 3 stream lost after --reconnect attempts, 130 Ctrl-C (SIGINT),
     143 SIGTERM; events and the recording are complete in every case."""
     from slstt.io import check_distinct_outputs, check_output
+    from slstt.realtime.analyze import check_record_name, file_inputs
     from slstt.realtime.capture import StreamLostError, StreamPolicy, resolve_source
 
     _check_number("--stall-timeout", stall_timeout, 0.2, 3600.0)
@@ -314,12 +236,12 @@ def live_command(
     spec = resolve_source(camera, str(video) if video is not None else None, source)
     config = _live_config(threshold_k, min_micro_ms, max_micro_ms, calibrate, landmark_every, face_model, device)
     _check_model(model)
-    inputs = _file_inputs(spec if isinstance(spec, str) else None, model, face_model)
+    inputs = file_inputs(spec if isinstance(spec, str) else None, model, face_model)
     if events is not None:
         check_output(events, inputs=inputs, overwrite=overwrite, what="--events file")
     if record is not None:
         check_output(record, inputs=inputs, overwrite=overwrite, what="--record file")
-        _check_record_name(record)
+        check_record_name(record)
     check_distinct_outputs({"--events": events, "--record": record})
     display, note = not no_display, None
     if display and sys.platform.startswith("linux") and not os.environ.get("DISPLAY") \
@@ -334,35 +256,16 @@ def live_command(
         raise StreamLostError(outcome.failure)
 
 
-ANALYZE_OUTPUTS = ("events.jsonl", "events.csv", "timeline.png", "summary.json")  # what analyze writes in --out
-
-
-def check_analyze_outputs(out: Path, *, record: Path | None, inputs: list[Path], overwrite: bool,
-                          names: tuple[str, ...] = ANALYZE_OUTPUTS) -> None:
-    """--out may hold earlier results (`names`, the files written there) only with --overwrite; no
-    output may be an input, ever."""
-    from slstt.errors import SlsttError
-    from slstt.io import check_distinct_outputs, check_output
-
-    if out.exists() and not out.is_dir():
-        raise SlsttError(f"--out {out} is a file; pass a folder (it is created when missing)")
-    earlier = [name for name in names if (out / name).exists() or (out / name).is_symlink()]
-    for name in names:  # an input inside --out under an output's name: refused even with --overwrite
-        check_output(out / name, inputs=inputs, overwrite=True, what=f"--out {out}: output")
-    if earlier and not overwrite:
-        raise SlsttError(f"--out {out} holds results of an earlier run ({', '.join(earlier)}); pass --overwrite "
-                         "to replace them or choose another --out folder")
-    if record is not None:
-        check_output(record, inputs=inputs, overwrite=overwrite, what="--record file")
-        _check_record_name(record)
-        check_distinct_outputs({"--record": record, **{f"--out {name}": out / name for name in names}})
-
-
 def analyze_command(
-    video: Path = typer.Argument(..., help="Video file to analyse (every frame)."),
-    out: Path = typer.Option(Path("analyze_out"), "--out", help="Folder for events.jsonl, events.csv, timeline.png."),
+    video: Path = typer.Argument(..., metavar="VIDEO|DIR|LIST.csv",
+                                 help="A video file; or a folder of videos, each with <stem>.gt.csv beside it; or a "
+                                 "CSV list with columns video,ground_truth: pooled micro scores over all of them."),
+    out: Path = typer.Option(Path("analyze_out"), "--out", help="Folder for events.jsonl, events.csv, timeline.png, "
+                             "summary.json (many videos: pooled.json, per_video.csv, per_group.csv, pooled.png, "
+                             "videos/)."),
     model: Path | None = typer.Option(None, "--model", help="Exported model.onnx to label micro events."),
-    ground_truth: Path | None = typer.Option(None, "--ground-truth", help="Ground-truth CSV (synth .gt.csv form) to score against."),
+    ground_truth: Path | None = typer.Option(None, "--ground-truth", help="Ground-truth CSV (synth .gt.csv form) to "
+                                             "score one video against."),
     device: str = DEVICE_OPTION,
     record: Path | None = typer.Option(None, "--record", help="Also write the annotated video (.mp4 or .mkv)."),
     overwrite: bool = OVERWRITE_OPTION,
@@ -373,21 +276,41 @@ def analyze_command(
     landmark_every: int = LANDMARK_EVERY_OPTION,
     face_model: Path | None = FACE_MODEL_OPTION,
 ) -> None:
-    """Run the live pipeline over a video file as fast as possible and report events."""
-    from slstt.realtime.analyze import analyze_video, summary_lines
-    from slstt.realtime.capture import resolve_source
+    """Run the live pipeline over a video file (or many, pooled) as fast as possible and report events."""
+    from slstt.realtime.analyze import summary_lines
 
-    resolve_source(video=str(video))
+    many = video.is_dir() or video.suffix.lower() == ".csv"
     config = _live_config(threshold_k, min_micro_ms, max_micro_ms, calibrate, landmark_every, face_model, device)
     _check_model(model)
-    check_analyze_outputs(out, record=record, inputs=_file_inputs(video, model, ground_truth, face_model),
-                          overwrite=overwrite)
-    result = analyze_video(video, out, model=model, ground_truth=ground_truth, config=config, record=record,
-                           progress=sys.stderr.isatty(), on_warning=lambda m: _echo(f"warning: {m}"))
+    if many:
+        for line in _analyze_many(video, out, model=model, config=config, ground_truth=ground_truth, record=record,
+                                  overwrite=overwrite, face_model=face_model):
+            typer.echo(line)
+        return
+    from slstt.api import analyze_one
+
+    result = analyze_one(video, out, model=model, ground_truth=ground_truth, config=config, record=record,
+                         overwrite=overwrite, face_model=face_model, progress=sys.stderr.isatty(),
+                         on_warning=lambda m: _echo(f"warning: {m}"))
     if result.frames and not result.events and result.warnings:
         _echo("no events: no face was tracked long enough in this video")
     for line in summary_lines(result):
         typer.echo(line)
+
+
+def _analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, ground_truth: Path | None,
+                  record: Path | None, overwrite: bool, face_model: Path | None) -> list[str]:
+    from slstt.api import analyze_many
+    from slstt.errors import SlsttError
+    from slstt.realtime.analyze import pooled_lines
+
+    if ground_truth is not None or record is not None:
+        option = "--ground-truth" if ground_truth is not None else "--record"
+        raise SlsttError(f"{option} applies to one video; a folder or list brings each video's ground truth "
+                         "(<stem>.gt.csv) and records nothing")
+    result = analyze_many(spec, out, model=model, config=config, overwrite=overwrite, face_model=face_model,
+                          progress=sys.stderr.isatty(), on_warning=lambda m: _echo(f"warning: {m}"))
+    return pooled_lines(result)
 
 
 def demo_command(
@@ -395,6 +318,7 @@ def demo_command(
     seconds: float = typer.Option(30.0, "--seconds", help="Length of the synthetic test video."),
     seed: int = typer.Option(0, "--seed", help="Random seed for the synthetic data."),
     epochs: int = typer.Option(300, "--epochs", help="Training epochs of the small demo model (cached features: fast)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results of an earlier demo in --out."),
 ) -> None:
     """End-to-end demo with no camera and no data: synth, train, export, live on a video."""
     from slstt.realtime.demo import run_demo
@@ -403,4 +327,4 @@ def demo_command(
     _check_int("--seed", seed, 0, 2**32 - 1)
     _check_int("--epochs", epochs, 1, 100_000)
 
-    run_demo(out, seconds=seconds, seed=seed, epochs=epochs)
+    run_demo(out, seconds=seconds, seed=seed, epochs=epochs, overwrite=overwrite)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -24,44 +25,55 @@ def _step(console: Console, text: str) -> float:
     return time.perf_counter()
 
 
+DEMO_OUTPUTS = ("corpus", "video.mp4", "video.gt.csv", "run", "model.onnx", "annotated.mp4", "events.jsonl",
+                "events.csv", "timeline.png", "summary.json", "demo.json")  # what a demo writes in --out
+
+
+def check_demo_out(out: Path, overwrite: bool) -> None:
+    """A re-run never replaces an earlier demo silently: --overwrite, or another --out."""
+    if out.exists() and not out.is_dir():
+        raise SlsttError(f"--out {out} is a file; pass a folder (it is created when missing)")
+    earlier = [name for name in DEMO_OUTPUTS if (out / name).exists()]
+    if earlier and not overwrite:
+        raise SlsttError(f"--out {out} holds an earlier demo ({', '.join(earlier[:4])}"
+                         f"{', ...' if len(earlier) > 4 else ''}); pass --overwrite to replace it or choose "
+                         "another --out folder")
+
+
 def train_demo_model(corpus: Path, run_dir: Path, cache_dir: Path, *, epochs: int, seed: int,
                      live_fps: float) -> Path:
-    """Train on every subject of the synthetic corpus; returns the checkpoint path.
+    """Train on every subject of the synthetic corpus (slstt.train, the `slstt train` command);
+    returns the checkpoint path.
 
     No downloads, so the tiny ViT is random and frozen: its class tokens are cached once and only
     the per-frame linear head ("mean" aggregator) learns, in seconds. At 32 px (2 x 2 patches) the
     random tokens keep the coarse layout of the flow image, which is what tells the synthetic
-    classes apart (measured: 0.9 accuracy on a held-out subject, 0.5-0.65 at 64-112 px)."""
-    from slstt.config import ModelConfig, PreprocessConfig
-    from slstt.training.cli import run_training
-    from slstt.training.config import TrainConfig
+    classes apart (measured: 0.9 accuracy on a held-out subject, 0.5-0.65 at 64-112 px).
+    fps = the live video's rate: training clips (200 fps) are resampled to it, so the T frames of a
+    training sample and of a live event have the same temporal spacing."""
+    from slstt.api import train
 
-    # preprocess.fps = the live video's rate: training clips (200 fps) are resampled to it, so the
-    # T frames of a training sample and of a live event have the same temporal spacing.
-    prep = PreprocessConfig(input_size=32, fps=live_fps)
-    model = ModelConfig(backbone="vit_tiny_patch16_224", input_size=32, num_frames=prep.num_frames,
-                        aggregator="mean")
-    cfg = TrainConfig(dataset="manifest", data_root=str((corpus / "manifest.csv").resolve()),
-                      cache_dir=str(cache_dir), preprocess=prep.to_dict(), model=model.to_dict(),
-                      pretrained=False, protocol="all", epochs=epochs, lr=0.1,
-                      lr_step_epoch=max(1, int(epochs * 0.8)), batch_size=4, seed=seed, device="cpu",
-                      select="last", out_dir=str(run_dir))
-    run_training(cfg, overwrite=True)
-    found = sorted(run_dir.glob("fold_*/checkpoint.pt"))
-    if not found:
+    run = train((corpus / "manifest.csv").resolve(), dataset="manifest", out=run_dir, overwrite=True,
+                cache_dir=cache_dir, input_size=32, fps=live_fps, backbone="vit_tiny_patch16_224",
+                aggregator="mean", pretrained=False, protocol="all", epochs=epochs, lr=0.1,
+                lr_step_epoch=max(1, int(epochs * 0.8)), batch_size=4, seed=seed, device="cpu", select="last",
+                workers=1)
+    if not run.checkpoints:
         raise SlsttError(f"training wrote no checkpoint under {run_dir}; see the messages above")
-    return found[0]
+    return run.checkpoints[0]
 
 
 def run_demo(out: str | Path = "demo_out", *, seconds: float = 30.0, seed: int = 0, epochs: int = 300,
-             subjects: int = 6, clips_per_class: int = 4) -> dict:
+             subjects: int = 6, clips_per_class: int = 4, overwrite: bool = False) -> dict:
+    """synth -> train -> export -> analyze with the annotated video; refuses an earlier demo's
+    --out unless overwrite."""
+    from slstt.api import Detector, export
     from slstt.data.synth import make_corpus, make_long_video
-    from slstt.export.onnx import export_onnx
-    from slstt.io import atomic_write_json
-    from slstt.realtime.analyze import analyze_video, summary_lines
+    from slstt.realtime.analyze import summary_lines
 
     console = Console(stderr=True)
     out = Path(out)
+    check_demo_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     video_fps = 30.0
@@ -81,14 +93,20 @@ def run_demo(out: str | Path = "demo_out", *, seconds: float = 30.0, seed: int =
 
     t = _step(console, "exporting to ONNX")
     model_path = out / "model.onnx"
-    export_onnx(checkpoint, model_path, console=console)
+    export(checkpoint, model_path, console=console)
     times["export_s"] = time.perf_counter() - t
 
     t = _step(console, "running the live pipeline headless over the video")
-    result = analyze_video(out / "video.mp4", out, model=model_path, ground_truth=gt,
-                           record=out / "annotated.mp4", progress=True,
-                           on_warning=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+    result = Detector(model_path).analyze(out / "video.mp4", out, ground_truth=gt, record=out / "annotated.mp4",
+                                          overwrite=True, progress=True,
+                                          on_warning=lambda m: console.print(f"[yellow]warning:[/] {m}"))
     times["live_s"] = time.perf_counter() - t
+    return _report(console, out, result, summary_lines, times, model_path, gt)
+
+
+def _report(console: Console, out: Path, result: Any, summary_lines: Any, times: dict[str, float],
+            model_path: Path, gt: Path) -> dict:
+    from slstt.io import atomic_write_json
 
     for line in summary_lines(result):
         console.print(line)

@@ -20,7 +20,7 @@ from slstt.io import atomic_write_text
 
 CSV_COLUMNS = [
     "event", "kind", "onset_frame", "apex_frame", "offset_frame", "onset_s", "apex_s", "offset_s",
-    "duration_ms", "score", "threshold", "label", "confidence", "recognition_latency_ms", "recognition_error",
+    "duration_ms", "score", "threshold", "region", "label", "confidence", "recognition_latency_ms", "recognition_error",
     "recognition_note",
 ]
 
@@ -38,14 +38,15 @@ class SpotEvent:
     apex_s: float
     offset_s: float
     score: float  # peak motion score (px of head-compensated flow on the spotting crop)
-    threshold: float  # adaptive threshold when the event opened
-    regions: dict[str, float] = field(default_factory=dict)  # peak score per facial region
+    threshold: float  # the firing region's adaptive threshold
+    regions: dict[str, float] = field(default_factory=dict)  # score / threshold per facial region at the apex
     label: str | None = None
     probabilities: dict[str, float] | None = None
     recognition_latency_ms: float | None = None  # event closed -> label known
     recognition_error: str | None = None
     recognition_note: str | None = None  # e.g. cropped with the tracked box (no face on the apex frame)
     closed_s: float = 0.0  # stream time at which the spotter closed the event (latency = window)
+    region: str = ""  # the facial region that fired (the spotter's Interval.region)
 
     @property
     def duration_ms(self) -> float:

@@ -22,7 +22,11 @@ import typer
 from slstt.data.cli import FACE_MODEL_OPTION
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from slstt.data.longvideo import LongVideo, LongVideoTable, MegcScore
+    from slstt.realtime.capture import Frame
+    from slstt.realtime.events import GapRecord
 
 RECORD_VERSION = 1
 PREDICTION_COLUMNS = ["video", "subject", "kind", "onset", "apex", "offset", "onset_s", "offset_s", "score"]
@@ -113,37 +117,72 @@ def _resized(image: Any, max_side: int) -> Any:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 0, on_frame: Any = None) -> VideoRecord:
-    """Every frame of one long video through the causal spotter, in frame-number time: index
-    n - first frame, t = index / fps (a missing frame number leaves a gap in time, as it was filmed).
-    Frames larger than `max_side` are scaled down first (SAMM's 2040x1088 frames at 200 fps would
-    fill gigabytes of frame buffer; the spotter works on a small face crop anyway)."""
-    import time
+class FrameFolderSource:
+    """A long video's frame files as a stream runner source (the VideoSource interface): frame
+    number n is index n - first, t = index / fps (a missing frame number leaves a gap in time, as
+    it was filmed); an unreadable frame is counted and skipped like a dropped one."""
 
-    import cv2
+    is_live = False
+    dropped = 0
+    backlog = 0
+    failure: str | None = None
 
-    from slstt.realtime.pipeline import LivePipeline
+    def __init__(self, video: LongVideo, max_side: int = 0) -> None:
+        self.video, self.max_side = video, max_side
+        self.source = video.key
+        self.fps = float(video.fps)
+        self.width = self.height = 0
+        self.gaps: list[GapRecord] = []
+        self.unreadable = 0
+        self.on_gap: Any = None
+        self._stop = False
 
-    first = video.frame_numbers[0]
-    events: list[Any] = []
-    unreadable = 0
-    started = time.perf_counter()
-    pipe = LivePipeline(config, model=None)
-    try:
-        pipe.start(video.fps)
-        for number, path in zip(video.frame_numbers, video.frames, strict=True):
+    def frames(self) -> Iterator[Frame]:
+        import cv2
+
+        from slstt.realtime.capture import Frame
+
+        first = self.video.frame_numbers[0]
+        for number, path in zip(self.video.frame_numbers, self.video.frames, strict=True):
+            if self._stop:
+                return
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # SAMM's grayscale frames come back as BGR
             if image is None:
-                unreadable += 1  # a damaged frame is a dropped frame, counted in the record
-            else:
-                index = number - first
-                events += pipe.process(_resized(image, max_side), index / video.fps, index)
-            if on_frame is not None:
-                on_frame()
-        events += pipe.finish()
-        face_frames = int(getattr(getattr(pipe, "stats", None), "face_frames", 0))
+                self.unreadable += 1
+                continue
+            index = number - first
+            yield Frame(index, index / self.fps, _resized(image, self.max_side))
+
+    def unfinished_gap(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 0, on_frame: Any = None) -> VideoRecord:
+    """Every frame of one long video through the causal spotter (the stream runner over a
+    FrameFolderSource). Frames larger than `max_side` are scaled down first (SAMM's 2040x1088
+    frames at 200 fps would fill gigabytes of frame buffer; the spotter works on a small face crop)."""
+    import time
+
+    from slstt.realtime.pipeline import LivePipeline
+    from slstt.realtime.runner import StreamRunner
+    from slstt.realtime.sinks import CallbackSink
+
+    first = video.frame_numbers[0]
+    started = time.perf_counter()
+    source = FrameFolderSource(video, max_side)
+    pipe = LivePipeline(config, model=None)
+    try:
+        sinks = [CallbackSink(on_frame=lambda frame, events: on_frame())] if on_frame is not None else []
+        events = list(StreamRunner(source, pipe, sinks).events())
+        face_frames = pipe.stats.face_frames
     finally:
         pipe.close()
+    unreadable = source.unreadable
+    for _ in range(unreadable if on_frame is not None else 0):  # progress counts every frame file
+        on_frame()
     spotted = []
     for ev in events:
         if ev.kind not in ("micro", "macro"):  # MEGC scores these two kinds only

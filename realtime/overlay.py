@@ -1,6 +1,9 @@
-"""Annotated frames for the screen and for --record: face box, motion trace with its threshold,
-recent events with labels and confidence, fps, recognition latency, dropped frames, and the
-note that this is a research tool."""
+"""Annotated frames for the screen and for --record: face box, the spotter's score / threshold
+trace, recent events with the facial region that fired, labels and confidence, fps, recognition
+latency, dropped frames, and the note that this is a research tool.
+
+Drawing works on an `OverlayState`, a snapshot taken in the analysis thread (cheap copies), so
+the window and the recorder render in their own threads."""
 
 from __future__ import annotations
 
@@ -11,15 +14,17 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import cv2
 import numpy as np
 
 from slstt.errors import SlsttError
-from slstt.realtime.events import check_output_file
-from slstt.realtime.pipeline import LivePipeline
+from slstt.preprocess.face import CropBox
+from slstt.realtime.events import SpotEvent, check_output_file
 
 DISCLAIMER = "Research tool - not a lie detector"
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -70,11 +75,12 @@ class Recorder:
             kind = "Matroska" if RECORD_FORMATS[path.suffix.lower()] == "matroska" else "fragmented mp4"
             self.backend = f"ffmpeg {encoder}, {kind}"
         else:
-            self._cv_writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+            self._cv_writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, self.size)
             if not self._cv_writer.isOpened():
                 raise SlsttError(f"cannot write the recording {path}; check the folder is writable")
             self.backend = "cv2 mp4v (no ffmpeg on PATH: the file is playable only after a clean stop)"
-        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=max(4, int(queue_s * self.fps)))
+        self._queue: queue.Queue[tuple[np.ndarray, OverlayState | None] | None] = queue.Queue(
+            maxsize=max(4, int(queue_s * self.fps)))
         self._thread = threading.Thread(target=self._run, name="slstt-recorder", daemon=True)
         self._thread.start()
 
@@ -96,27 +102,28 @@ class Recorder:
         except OSError as exc:
             raise SlsttError(f"cannot start ffmpeg for the recording {self.path}: {exc.strerror or exc}") from None
 
-    def write(self, image: np.ndarray) -> None:
-        """Queue one BGR frame (resized when a reconnected stream changed size)."""
+    def write(self, image: np.ndarray, state: OverlayState | None = None) -> None:
+        """Queue one BGR frame; with `state`, the overlay is drawn on it in the writer thread."""
         if self.error is not None:
             return
-        if (image.shape[1], image.shape[0]) != self.size:
-            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
         if self.drop_when_full:
             try:
-                self._queue.put_nowait(image)
+                self._queue.put_nowait((image, state))
             except queue.Full:
                 self.dropped += 1
             return
-        self._queue.put(image)
+        self._queue.put((image, state))
 
     def _run(self) -> None:
         while True:
-            image = self._queue.get()
-            if image is None:
+            item = self._queue.get()
+            if item is None:
                 return
             if self.error is not None:
                 continue  # drain: write() stops queueing once it sees the error
+            image = item[0] if item[1] is None else render(item[0], item[1])
+            if (image.shape[1], image.shape[0]) != self.size:  # a reconnected stream changed size
+                image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
             try:
                 if self._proc is not None:
                     assert self._proc.stdin is not None
@@ -179,6 +186,34 @@ def open_writer(path: Path, fps: float, size: tuple[int, int], *, drop_when_full
     return Recorder(path, fps, size, drop_when_full=drop_when_full)
 
 
+@dataclass
+class OverlayState:
+    """What the overlay shows, copied out of the pipeline in the analysis thread."""
+
+    face_box: CropBox | None = None
+    active: bool = False  # a candidate interval is open
+    trace: list[tuple[float, float, float]] = field(default_factory=list)  # (t, score, threshold)
+    recent: list[SpotEvent] = field(default_factory=list)
+    fps: float = 0.0
+    latency_ms: float | None = None
+    has_model: bool = False
+    dropped: int = 0
+    display_skipped: int = 0
+    note: str | None = None  # e.g. why recognition runs on the CPU
+
+    @classmethod
+    def of(cls, pipe: Any, *, fps: float | None = None, dropped: int = 0, display_skipped: int = 0,
+           note: str | None = None) -> OverlayState:
+        """A snapshot of a LivePipeline (face, last step, trace, recent events, statistics)."""
+        rec = pipe.recognizer
+        latencies = rec.latencies_ms if rec is not None else ()
+        step = pipe.last_step
+        return cls(pipe.face.box if pipe.face is not None else None, bool(step is not None and step.active),
+                   list(pipe.trace), list(pipe.recent), pipe.stats.fps if fps is None else fps,
+                   latencies[-1] if latencies else None, rec is not None, dropped, display_skipped,
+                   note if note is not None else getattr(pipe, "device_note", None))
+
+
 def _text(img: np.ndarray, text: str, org: tuple[int, int], color=WHITE, scale: float = 0.45) -> None:
     (w, h), base = cv2.getTextSize(text, FONT, scale, 1)
     x, y = org
@@ -188,14 +223,15 @@ def _text(img: np.ndarray, text: str, org: tuple[int, int], color=WHITE, scale: 
     cv2.putText(img, text, org, FONT, scale, color, 1, cv2.LINE_AA)
 
 
-def draw_trace(img: np.ndarray, trace: list[tuple[float, float, float]], top: int) -> None:
-    """Motion score (green, red above threshold) and threshold (yellow) in a strip at `top`."""
+def draw_trace(img: np.ndarray, trace: Sequence[tuple[float, float, float]], top: int) -> None:
+    """The spotter's score / threshold (green, red at or above 1) and the threshold line (yellow, at
+    1.0: the score is already relative to each region's own threshold) in a strip at `top`."""
     h, w = img.shape[:2]
     panel = img[top:h]
     panel[:] = (panel * 0.35).astype(np.uint8)
-    values = [(s, thr) for _, s, thr in trace if not math.isnan(s)]
+    values = [(s, thr) for _, s, thr in trace if math.isfinite(s)]
     if len(trace) < 2 or not values:
-        _text(img, "motion score (waiting for a face)", (8, top + 16), GREY)
+        _text(img, "score / threshold (waiting for a face)", (8, top + 16), GREY)
         return
     top_value = max(max(thr for _, thr in values) * 2.0, max(s for s, _ in values) * 1.1, 1e-6)
     n = trace[-1][0] - trace[0][0] or 1.0
@@ -207,50 +243,65 @@ def draw_trace(img: np.ndarray, trace: list[tuple[float, float, float]], top: in
     def x(t: float) -> int:
         return int(8 + (t - trace[0][0]) / n * (w - 16))
 
-    points = [(x(t), y(s), s > thr) for t, s, thr in trace if not math.isnan(s)]
+    points = [(x(t), y(s), s >= thr) for t, s, thr in trace if math.isfinite(s)]
     for (x0, y0, _), (x1, y1, hot) in zip(points, points[1:], strict=False):
         cv2.line(img, (x0, y0), (x1, y1), RED if hot else GREEN, 1, cv2.LINE_AA)
-    thr_pts = np.array([(x(t), y(thr)) for t, _, thr in trace], dtype=np.int32)
-    cv2.polylines(img, [thr_pts], False, YELLOW, 1, cv2.LINE_AA)
-    _text(img, f"motion {values[-1][0]:.2f}  threshold {values[-1][1]:.2f} (px)", (8, top + 16), WHITE, 0.4)
+    thr_pts = np.array([(x(t), y(thr)) for t, _, thr in trace if math.isfinite(thr)], dtype=np.int32)
+    if len(thr_pts) >= 2:
+        cv2.polylines(img, [thr_pts], False, YELLOW, 1, cv2.LINE_AA)
+    _text(img, f"score / threshold {values[-1][0]:.2f}", (8, top + 16), WHITE, 0.4)
 
 
-def render(image: np.ndarray, pipe: LivePipeline, *, fps: float | None = None, dropped: int = 0,
+def _draw_face(img: np.ndarray, box: CropBox | None, active: bool) -> None:
+    if box is None:
+        _text(img, "no face", (10, 48), RED, 0.6)
+        return
+    color = RED if active else GREEN
+    if box.angle == 0.0:
+        half = box.side / 2
+        cv2.rectangle(img, (int(box.cx - half), int(box.cy - half)), (int(box.cx + half), int(box.cy + half)), color, 2)
+    else:
+        pts = cv2.boxPoints(((box.cx, box.cy), (box.side, box.side), -box.angle))
+        cv2.polylines(img, [pts.astype(np.int32)], True, color, 2)
+
+
+def _status_line(state: OverlayState) -> str:
+    status = [f"{state.fps:5.1f} fps"]
+    if state.latency_ms is not None:
+        status.append(f"recognition {state.latency_ms:.0f} ms")
+    status.append(f"dropped {state.dropped}")
+    if state.display_skipped:
+        status.append(f"display skipped {state.display_skipped}")
+    return "  |  ".join(status)
+
+
+def event_caption(ev: SpotEvent, has_model: bool) -> str:
+    """One recent event: time, kind, duration, the facial region that fired, label and confidence."""
+    label = ev.label or ("" if ev.kind == "macro" or not has_model else "?")
+    conf = f" {ev.confidence:.0%}" if ev.confidence is not None else ""
+    region = f" [{ev.region}]" if ev.region else ""
+    return f"{ev.apex_s:6.2f}s {ev.kind} {ev.duration_ms:.0f}ms{region} {label}{conf}".rstrip()
+
+
+def render(image: np.ndarray, state: Any, *, fps: float | None = None, dropped: int = 0,
            display_skipped: int = 0) -> np.ndarray:
-    """A copy of `image` (BGR) with the live state drawn on it."""
+    """A copy of `image` (BGR) with the live state drawn on it; `state` is an OverlayState (or a
+    LivePipeline, snapshotted here with the keyword values)."""
+    if not isinstance(state, OverlayState):
+        state = OverlayState.of(state, fps=fps, dropped=dropped, display_skipped=display_skipped)
     img = image.copy()
     h, w = img.shape[:2]
-    face, step = pipe.face, pipe.last_step
-    if face is not None:
-        b = face.box
-        color = RED if step is not None and step.active else GREEN
-        if b.angle == 0.0:
-            half = b.side / 2
-            cv2.rectangle(img, (int(b.cx - half), int(b.cy - half)), (int(b.cx + half), int(b.cy + half)), color, 2)
-        else:
-            pts = cv2.boxPoints(((b.cx, b.cy), (b.side, b.side), -b.angle))
-            cv2.polylines(img, [pts.astype(np.int32)], True, color, 2)
-    else:
-        _text(img, "no face", (10, 48), RED, 0.6)
-    draw_trace(img, list(pipe.trace), h - PANEL_H)
-
-    # status line
-    rec = pipe.recognizer
-    status = [f"{fps if fps is not None else pipe.stats.fps:5.1f} fps"]
-    if rec is not None and rec.latencies_ms:
-        status.append(f"recognition {rec.latencies_ms[-1]:.0f} ms")
-    status.append(f"dropped {dropped}")
-    if display_skipped:
-        status.append(f"display skipped {display_skipped}")
-    _text(img, "  |  ".join(status), (10, 20))
-    if rec is None:
+    _draw_face(img, state.face_box, state.active)
+    draw_trace(img, state.trace, h - PANEL_H)
+    _text(img, _status_line(state), (10, 20))
+    if not state.has_model:
         _text(img, "spotting only (no --model): events are not classified", (10, 40), YELLOW)
-
-    # recent events, newest first
-    for k, ev in enumerate(reversed(pipe.recent)):
-        label = ev.label or ("" if ev.kind == "macro" or rec is None else "?")
-        conf = f" {ev.confidence:.0%}" if ev.confidence is not None else ""
-        line = f"{ev.apex_s:6.2f}s {ev.kind} {ev.duration_ms:.0f}ms {label}{conf}"
-        _text(img, line, (w - 290, 20 + 18 * k), RED if ev.kind == "micro" else GREY)
+    elif state.note:
+        _text(img, state.note[:90], (10, 40), YELLOW)
+    top = 20 if w >= 640 else 60  # narrow frames: below the status lines
+    for k, ev in enumerate(reversed(state.recent)):  # newest first, right-aligned
+        caption = event_caption(ev, state.has_model)
+        width = cv2.getTextSize(caption, FONT, 0.45, 1)[0][0]
+        _text(img, caption, (max(4, w - width - 8), top + 18 * k), RED if ev.kind == "micro" else GREY)
     _text(img, DISCLAIMER, (10, h - PANEL_H - 8), WHITE, 0.5)
     return img

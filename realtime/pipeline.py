@@ -1,8 +1,9 @@
-"""The live spot-then-recognise pipeline, with no UI: tests, `analyze`, `live` and `demo` drive it.
+"""The live spot-then-recognise pipeline, with no UI and no loop of its own: the stream runner
+(slstt.realtime.runner) feeds it frames for `live`, `analyze`, `demo` and the Python API.
 
     pipeline = LivePipeline(LiveConfig(), model="model.onnx")   # model=None: spotting only
-    for event in pipeline.run(VideoSource("clip.mp4")):
-        print(event.kind, event.label)
+    for event in pipeline.run(VideoSource("clip.mp4")):          # = StreamRunner(source, pipeline)
+        print(event.kind, event.label, event.region)
 
 Per frame: ring buffer <- frame; face tracker (landmarker every k frames); spotter (flow on a
 small face crop vs a causal reference). When the spotter closes a micro interval, its frames are
@@ -11,12 +12,15 @@ once labelled (macro events, and every event without a model, come out as soon a
 
 from __future__ import annotations
 
+import copy
+import math
 import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,6 +28,8 @@ import numpy as np
 from slstt.realtime.capture import Frame, FrameRing, VideoSource
 from slstt.realtime.events import SpotEvent
 from slstt.realtime.recognizer import ClipFrames, Recognition, Recognizer
+from slstt.realtime.runner import StreamRunner
+from slstt.realtime.sinks import CallbackSink
 from slstt.realtime.spotting import Interval, SpotStep, Spotter, SpotterConfig
 from slstt.realtime.tracker import FaceState, FaceTracker, TrackerConfig
 
@@ -39,10 +45,46 @@ class LiveConfig:
     keep_history: bool = True  # every frame's score (analyze's timeline); off for endless live runs
 
 
+DEVICES = ("auto", "tensorrt", "cuda", "cpu")  # onnxruntime providers of slstt.export.runtime
+MAX_MICRO_LIMIT_MS = 2000.0  # the frame ring holds 3 s: a micro event and its context must fit
+
+
+def live_config(*, threshold_k: float | None = None, min_micro_ms: float | None = None,
+                max_micro_ms: float | None = None, calibrate: float = 0.0, landmark_every: int = 3,
+                face_model: str | Path | None = None, device: str = "auto", **spotter: Any) -> LiveConfig:
+    """A checked LiveConfig from the knobs `live`, `analyze` and `slstt.Detector` share (one line
+    naming the option for a bad value; an explicit GPU device that cannot run fails here, in < 3 s).
+    `spotter`: any other SpotterConfig field."""
+    from slstt.errors import SlsttError, check_int, check_number
+    from slstt.export.runtime import check_provider
+
+    if device not in DEVICES:
+        raise SlsttError(f"--device {device!r}: choose {', '.join(DEVICES)}")
+    check_provider(device)  # before any source opens
+    check_number("--calibrate", calibrate, 0.0, 3600.0)
+    check_number("--threshold-k", threshold_k, 0.0, 1000.0, low_open=True)
+    check_number("--min-micro-ms", min_micro_ms, 0.0, MAX_MICRO_LIMIT_MS, low_open=True)
+    check_number("--max-micro-ms", max_micro_ms, 0.0, MAX_MICRO_LIMIT_MS, low_open=True)
+    check_int("--landmark-every", landmark_every, 1, 1000)
+    if face_model is not None and not Path(face_model).is_file():
+        raise SlsttError(f"--face-model {face_model}: file not found; pass a MediaPipe .task file or leave it out")
+    known = set(SpotterConfig.__dataclass_fields__)
+    unknown = sorted(set(spotter) - known)
+    if unknown:
+        raise SlsttError(f"unknown spotter option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    given = {"threshold_k": threshold_k, "min_micro_ms": min_micro_ms, "max_micro_ms": max_micro_ms, **spotter}
+    spot = SpotterConfig(calibrate_s=calibrate, **{k: v for k, v in given.items() if v is not None})
+    if spot.min_micro_ms >= spot.max_micro_ms:
+        raise SlsttError(f"--min-micro-ms ({spot.min_micro_ms:g}) must be below --max-micro-ms ({spot.max_micro_ms:g})")
+    return LiveConfig(spotter=spot, tracker=TrackerConfig(every=landmark_every),
+                      face_model=str(face_model) if face_model else None, device=device)
+
+
 @dataclass
 class PipelineStats:
     frames: int = 0
     face_frames: int = 0
+    spot_frames: int = 0  # face frames with a finite spotter score (an interval could open there)
     events: int = 0
     micro: int = 0
     macro: int = 0
@@ -58,12 +100,13 @@ class PipelineStats:
 class LivePipeline:
     def __init__(self, config: LiveConfig | None = None, model: str | Path | Recognizer | None = None,
                  on_warning: Callable[[str], None] | None = None) -> None:
-        self.config = cfg = config or LiveConfig()
+        self.config = cfg = copy.deepcopy(config or LiveConfig())  # never the caller's object
         self.recognizer: Recognizer | None = None
         if isinstance(model, Recognizer):
             self.recognizer = model
         elif model is not None:
             self.recognizer = Recognizer(model, cfg.device, face_model=cfg.face_model)
+        self.device_note = self._device_note()
         if self.recognizer is not None and cfg.tracker.recipe != self.recognizer.preprocess.crop:
             cfg.tracker.recipe = self.recognizer.preprocess.crop  # the fallback box in the model's recipe
         self.tracker = FaceTracker(cfg.tracker, cfg.face_model)
@@ -84,6 +127,16 @@ class LivePipeline:
         self._event_count = 0
 
     # --- setup -------------------------------------------------------------------------------
+    def _device_note(self) -> str | None:
+        """Why recognition runs on the CPU when a GPU provider was possible (for the overlay)."""
+        rec = self.recognizer
+        if rec is None or self.config.device not in ("auto", "cuda") or any(p != "cpu" for p in rec.providers):
+            return None
+        from slstt.export.runtime import provider_reason
+
+        reason = provider_reason("cuda")
+        return f"recognition on CPU: {reason}" if reason else None
+
     def start(self, fps: float) -> None:
         self.fps = float(fps) if fps and fps > 0 else 30.0
         self.spotter = Spotter(self.config.spotter, self.fps)
@@ -111,6 +164,7 @@ class LivePipeline:
         self.stats.frames += 1
         if face is not None:
             self.stats.face_frames += 1
+            self.stats.spot_frames += int(math.isfinite(step.score))
             self._warned_no_face = False
         elif not self._warned_no_face and self.tracker.no_face_for(t) >= self.config.tracker.warn_after_s:
             self._warned_no_face = True
@@ -131,7 +185,8 @@ class LivePipeline:
     def _on_interval(self, iv: Interval) -> None:
         self._event_count += 1
         event = SpotEvent(self._event_count, iv.kind, iv.onset, iv.apex, iv.offset, iv.onset_s, iv.apex_s,
-                          iv.offset_s, iv.score, iv.threshold, iv.regions, closed_s=iv.closed_s)
+                          iv.offset_s, iv.score, iv.threshold, dict(iv.regions), closed_s=iv.closed_s,
+                          region=iv.region)
         self.stats.events += 1
         if iv.kind == "micro":
             self.stats.micro += 1
@@ -192,16 +247,7 @@ class LivePipeline:
     def run(self, source: VideoSource, on_frame: Callable[[Frame, list[SpotEvent]], None] | None = None
             ) -> Iterator[SpotEvent]:
         """Every event of the source, in completion order (the last ones after the stream ends)."""
-        self.start(source.fps)
-        try:
-            for frame in source.frames():
-                events = self.process(frame.image, frame.t, frame.index)
-                if on_frame is not None:
-                    on_frame(frame, events)
-                yield from events
-        finally:
-            tail = self.finish()
-        yield from tail
+        return StreamRunner(source, self, [CallbackSink(on_frame=on_frame)]).events()
 
     def close(self) -> None:
         if self.recognizer is not None:

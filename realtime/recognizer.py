@@ -15,34 +15,30 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from slstt.card import serving_fps
 from slstt.config import PreprocessConfig
-from slstt.errors import NoFaceError, SlsttError, first_line
+from slstt.errors import NoFaceError, first_line
 from slstt.preprocess.face import CropBox, FaceLandmarker
 from slstt.preprocess.flow import flow_images_to_input
 from slstt.preprocess.pipeline import clip_to_flow_images
 
 
 def serving_preprocess(preprocess: PreprocessConfig, metadata: dict, where: str = "model") -> PreprocessConfig:
-    """The preprocessing to apply live: the model's own, with the frame rate made explicit."""
-    if preprocess.fps is not None:
-        return preprocess
+    """The preprocessing to apply live: the model's own, with the frame rate made explicit
+    (the model card's rule, slstt.card.serving_fps, on a bare metadata dict)."""
     data_fps = (metadata.get("frame_rate") or {}).get("data_fps", (metadata.get("meta") or {}).get("data_fps"))
-    if data_fps is None:
-        return preprocess  # unknown training rate: frames are taken as they come (documented)
-    if isinstance(data_fps, (list, tuple)):
-        rates = sorted({float(r) for r in data_fps})
-        if len(rates) != 1:
-            raise SlsttError(f"{where}: trained on clips at several frame rates ({', '.join(f'{r:g}' for r in rates)} "
-                             "fps) without preprocess.fps, so the live frame spacing is undefined; retrain with "
-                             "--fps set (temporal resampling)")
-        data_fps = rates[0]
-    return preprocess.replace(fps=float(data_fps))
+    fps = serving_fps(preprocess.fps, data_fps, where)
+    return preprocess if fps is None or preprocess.fps is not None else preprocess.replace(fps=fps)
+
+
+LATENCY_WINDOW = 1000  # recent recognition latencies kept for the overlay and the statistics
 
 
 @dataclass
@@ -108,15 +104,13 @@ class Recognizer:
 
     def __init__(self, model_path: str | Path, provider: str = "auto", max_pending: int = 8,
                  face_model: str | Path | None = None) -> None:
-        from slstt.export.runtime import OnnxClassifier, provider_status
+        from slstt.export.runtime import OnnxClassifier, check_provider
 
-        if provider not in ("auto", "cpu"):  # say it with the live commands' option name
-            usable, reason = provider_status(provider)
-            if not usable:
-                raise SlsttError(f"--device {provider} is not usable here ({reason}); use --device auto or cpu")
+        check_provider(provider, "--device")  # said with the live commands' option name
         self.classifier = OnnxClassifier(model_path, provider)
         self.labels = list(self.classifier.labels)
-        self.preprocess = serving_preprocess(self.classifier.preprocess, self.classifier.metadata, str(model_path))
+        self.card = self.classifier.card
+        self.preprocess = self.card.serving_preprocess(str(model_path))
         self.providers = self.classifier.providers
         self.face_model = face_model
         self._landmarker: FaceLandmarker | None = None  # IMAGE mode, as training; owned by the worker
@@ -128,7 +122,8 @@ class Recognizer:
         self._ready = threading.Event()
         self._start_error: Exception | None = None
         self.skipped = 0  # clips dropped because the worker was max_pending behind
-        self.latencies_ms: list[float] = []
+        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)  # bounded: live runs last hours
+        self.recognized = 0  # clips classified (or failed) since the start
         self._thread.start()
         self._ready.wait()
         if self._start_error is not None:  # e.g. a bad --face-model: one line, before any frame
@@ -181,6 +176,7 @@ class Recognizer:
             result = Recognition(None, None, 0.0, msg)
         result.latency_ms = (time.perf_counter() - t0) * 1000.0  # event closed -> label known
         self.latencies_ms.append(result.latency_ms)
+        self.recognized += 1
         try:
             on_done(key, result)
         finally:

@@ -55,15 +55,51 @@ app.command("doctor")(_command("slstt.gpu", "doctor_command"))
 app.command("spot-long")(_command("slstt.realtime.megc", "spot_long_command"))
 
 
+_Errors = tuple[type[BaseException], ...]
+
+
+def _click_exceptions() -> tuple[_Errors, _Errors, _Errors]:
+    """(usage errors, aborts, exits) of click and of the click copy newer typer releases vendor."""
+    modules = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    usage: _Errors = tuple(m.UsageError for m in modules if hasattr(m, "UsageError"))
+    aborts: _Errors = (*(m.Abort for m in modules if hasattr(m, "Abort")), typer.Abort)
+    exits: _Errors = (*(m.Exit for m in modules if hasattr(m, "Exit")), typer.Exit)
+    return usage, aborts, exits
+
+
+def _usage_error(exc: Any) -> int:
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:  # `slstt` or `slstt export`: the help
+        typer.echo(ctx.get_help(), err=True)
+        return 2
+    command = ctx.command_path if ctx is not None else "slstt"
+    typer.echo(f"error: {exc.format_message().rstrip('.')}; see {command} --help", err=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run a command; user errors are one line and exit 2 (SlsttError: its exit_code), a wrong-type
+    value too (`--threshold-k abc`: no usage box), Ctrl-C exits 130."""
+    usage, aborts, exits = _click_exceptions()
+    stops: _Errors = (*aborts, KeyboardInterrupt)
     try:
-        app(args=argv, prog_name="slstt")
+        code = app(args=argv, prog_name="slstt", standalone_mode=False)
     except SlsttError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except usage as exc:
+        sys.exit(_usage_error(exc))
+    except exits as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except stops:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -157,8 +157,8 @@ FLOW_PARAM_SPECS: dict[str, dict[str, _Spec]] = {
         "preset": ("choice", ("ultrafast", "fast", "medium")),
         "finest_scale": ("int", 0, 10),
         "coarsest_scale": ("int", -1, 20),
-        "patch_size": ("int", 2, 64),
-        "patch_stride": ("int", 1, 64),
+        "patch_size": ("int", 2, 32),
+        "patch_stride": ("int", 1, 32),
         "gradient_descent_iterations": ("int", 0, 1000),
         "variational_refinement_iterations": ("int", 0, 1000),
         "variational_refinement_alpha": ("float", 0.0, 1000.0, False, False),
@@ -176,12 +176,12 @@ FLOW_PARAM_SPECS: dict[str, dict[str, _Spec]] = {
         "epsilon": ("float", 0.0, 1.0, True, False),
         "innnerIterations": ("int", 1, 1000),
         "outerIterations": ("int", 1, 1000),
-        "scaleStep": ("float", 0.0, 1.0, True, True),
+        "scaleStep": ("float", 0.3, 1.0, False, True),
         "gamma": ("float", 0.0, 100.0, False, False),
         "medianFiltering": ("choice", (1, 3, 5)),
     },
 }
-DIS_PRESET_PATCH = {"ultrafast": (8, 6), "fast": (8, 4), "medium": (12, 8)}  # OpenCV presets: (size, stride)
+DIS_PRESET_PATCH = {"ultrafast": (8, 4), "fast": (8, 4), "medium": (8, 3)}  # OpenCV 5.1 presets: (size, stride)
 
 
 def _short(value: Any) -> str:

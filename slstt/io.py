@@ -21,7 +21,7 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once: os.umask is process-wide, flipping it later would race threads
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path`` (same directory, same filesystem)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

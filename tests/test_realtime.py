@@ -190,6 +190,42 @@ def test_dropped_frame_in_event_window_is_an_event_error_not_a_crash(tiny_model)
         pipe.close()
 
 
+def test_pipeline_copies_its_config_and_bounds_its_statistics(tiny_model):
+    """The pipeline adapts its own copy of the config to the model (crop recipe) and keeps only recent
+    recognition latencies: a caller's config is reusable, hours of live events do not grow memory."""
+    import copy
+
+    from slstt.realtime.pipeline import LiveConfig, LivePipeline
+    from slstt.realtime.recognizer import LATENCY_WINDOW
+
+    config = LiveConfig()
+    config.tracker.recipe = "aligned"  # the tiny model was trained with the "slstt" crop
+    before = copy.deepcopy(config)
+    pipe = LivePipeline(config, model=tiny_model)
+    try:
+        assert pipe.config.tracker.recipe == "slstt" and config == before
+        for n in range(LATENCY_WINDOW + 50):
+            pipe.recognizer.latencies_ms.append(float(n))
+        assert len(pipe.recognizer.latencies_ms) == LATENCY_WINDOW and pipe.recognizer.latencies_ms[-1] == n
+    finally:
+        pipe.close()
+
+
+def test_overlay_shows_the_region_and_the_score_threshold_ratio():
+    from slstt.realtime.overlay import OverlayState, event_caption, render
+
+    event = SpotEvent(1, "micro", 10, 12, 14, 1.0, 1.1, 1.2, 2.0, 1.0, {"brow_l": 2.0}, region="brow_l")
+    assert "[brow_l]" in event_caption(event, has_model=False)
+    assert "[" not in event_caption(SpotEvent(2, "macro", 1, 2, 3, 0.1, 0.2, 0.3, 1.0, 1.0), has_model=False)
+    blank = np.zeros((240, 640, 3), np.uint8)
+    trace = [(t / 30, 0.5 + (t == 20) * 1.5, 1.0) for t in range(40)]  # one frame above the threshold (1.0)
+    drawn = render(blank, OverlayState(trace=trace, recent=[event], note="recognition on CPU: test"))
+    strip = drawn[240 - 90:]
+    red = (strip[..., 2] > 200) & (strip[..., 1] < 100)  # the segments at or above the threshold are red
+    assert red.any() and (drawn[:, 300:] != 0).any()  # the event caption is drawn on the right
+    assert not blank.any()  # render draws on a copy
+
+
 def test_score_spotting_matches_one_to_one():
     truth = [GroundTruth("micro", "a", 10, 12, 20), GroundTruth("micro", "b", 50, 52, 60),
              GroundTruth("macro", "c", 80, 90, 120)]
