@@ -238,7 +238,11 @@ class LivePipeline:
         return out
 
     def finish(self, timeout: float = 60.0) -> list[SpotEvent]:
-        """Wait for pending recognitions; returns the events finished meanwhile."""
+        """Close what the stream's end leaves open, wait for pending recognitions; returns the events
+        finished meanwhile."""
+        if self.spotter is not None:
+            for interval in self.spotter.flush():
+                self._on_interval(interval)
         if self.recognizer is not None:
             self.recognizer.wait(timeout)
         return self._drain()

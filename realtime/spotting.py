@@ -549,7 +549,7 @@ class Spotter:
         self._macro_active: dict[str, int] = {}  # region -> last frame with macro activity
         self._macro_run: _Run | None = None  # the current run of macro activity
         self._macro_rise: _Run | None = None  # the last finished run, waiting for its release
-        self._lids_down: deque[int] = deque(maxlen=64)  # frames whose lids moved down (blinks)
+        self._blinks: deque[int] = deque(maxlen=64)  # candidate frames inside a blink (lids down and up)
         self._micro_apexes: deque[int] = deque(maxlen=16)
         self._score_history: dict[int, dict[str, float]] = {}
         self.rejected: list[Decision] = []  # recent rejections (for diagnostics), bounded
@@ -576,7 +576,7 @@ class Spotter:
             return []
         scale = self.cfg.flow_size / self.cfg.macro_flow_size
         moved = {k: float(np.hypot(*v)) * scale for k, v in m.vectors.items()}
-        if any(m.index - self.gap <= b <= m.index + self.macro_gap for b in self._lids_down):
+        if any(m.index - self.gap <= b <= m.index + self.macro_gap for b in self._blinks):
             moved = {k: v for k, v in moved.items() if k not in BLINK_REGIONS}  # a blink, not an expression
         active = {k for k, v in moved.items() if v >= self.cfg.macro_score}
         centre = m.index + self.macro_gap // 2  # the movement happened around the window's middle
@@ -657,6 +657,8 @@ class Spotter:
         # a blink: around c the upper lids went down and came back up (closing, then opening)
         lids = [m.eyes for j in range(c - 2 * self.gap, c + 1) if (m := self._motion.get(j)) is not None]
         blink = max(lids) > self.cfg.blink_gate and min(lids) < -0.5 * self.cfg.blink_gate
+        if blink:
+            self._blinks.append(c)
         # the head itself rose and returned (a nod, a shake): what the flow gets wrong grows with it
         head_rr = 0.0
         if now.head_vector is not None and before.head_vector is not None:
@@ -731,6 +733,15 @@ class Spotter:
                         d.apex.scores.get(d.region, 0.0), self.thresholds[d.region], region_ratios, index,
                         self.time_of(index), d.region)
 
+    def flush(self) -> list[Interval]:
+        """The stream ended: a long expression whose release was under way is closed now."""
+        run, self._macro_run = self._macro_run, None
+        if run is None or not self._frames:
+            return []
+        last = max(self._frames)
+        run.last = min(run.last, last)
+        return self._end_run(run, last)
+
     # --- per frame ------------------------------------------------------------------------------
     def update(self, gray: np.ndarray, index: int, t: float, box: CropBox | None,
                landmarks: np.ndarray | None) -> SpotStep:
@@ -740,8 +751,7 @@ class Spotter:
         motion = self.scorer.update(gray, index, box, landmarks)
         if motion is not None:
             self._motion[motion.index] = motion
-            if motion.eyes > c.blink_gate:
-                self._lids_down.append(motion.index)
+
         macro_gray = gray
         closed += self._macro_step(self.macro.update(macro_gray, index, box, landmarks), index)
         cand = self._candidate(index)
