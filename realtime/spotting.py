@@ -67,9 +67,6 @@ BLINK_REGIONS = ("inner_brow_r", "inner_brow_l", "outer_brow_r", "outer_brow_l",
 UPPER_LIDS = (159, 386)
 EYE_RINGS = ((33, 133, 159, 145, 160, 144, 158, 153), (263, 362, 386, 374, 387, 373, 385, 380))
 MAD_SCALE = 1.4826  # MAD -> standard deviation for normal noise
-# Landmarks that expressions hardly move (nose tip and lower bridge, eye corners, temples, upper face
-# outline): their affine fit is the head's own movement.
-STABLE_LANDMARKS = [1, 4, 5, 195, 33, 133, 362, 263, 10, 109, 338, 67, 297, 127, 356, 234, 454, 116, 345]
 COARSE = 4  # the smoothed movement field is kept at 1/COARSE of the flow crop
 
 
@@ -82,9 +79,7 @@ class SpotterConfig:
     gap_s: float = 0.25  # rise-and-return half window: flows span this many seconds
     highpass: float = 0.12  # local motion compensation: Gaussian sigma as a fraction of the crop
     region_radius: float = 0.04  # smoothing of the movement field (Gaussian sigma) as a fraction of the crop
-    align: str = "flow"  # flow | landmarks | none: remove the head's smooth movement before the fine flow
-    mesh_compensation: bool = False  # subtract the tracked face mesh's own movement (see mesh_residual)
-    mesh_sigma: float = 0.03  # spread of each landmark's movement (fraction of the crop)
+    align: str = "flow"  # flow | none: remove the face's smooth movement before the fine flow
     zone_radius: float = 0.09  # a region's movement may peak this far from its landmarks (fraction of the crop)
     window_s: float = 5.0  # trailing window of each region's adaptive threshold
     threshold_k: float = 5.0  # threshold = median + k * MAD of the region's idle scores
@@ -173,16 +168,16 @@ class RegionGeometry:
         hull = np.zeros((size, size), np.uint8)
         cv2.fillConvexPoly(hull, cv2.convexHull(pts.astype(np.int32)), 1)
         face = cv2.erode(hull, np.ones((3, 3), np.uint8), iterations=max(1, size // 40)) > 0
-        eyes = np.zeros((size, size), np.uint8)
+        rings = np.zeros((size, size), np.uint8)
         for ring in EYE_RINGS:
-            cv2.fillConvexPoly(eyes, cv2.convexHull(pts[list(ring)].astype(np.int32)), 1)
-        eyes = cv2.dilate(eyes, np.ones((3, 3), np.uint8), iterations=max(1, size // 50)) > 0
+            cv2.fillConvexPoly(rings, cv2.convexHull(pts[list(ring)].astype(np.int32)), 1)
+        eyes = cv2.dilate(rings, np.ones((3, 3), np.uint8), iterations=max(1, size // 50)) > 0
         self.mask = (face & ~eyes).astype(np.float32)
         self.blurred_mask: np.ndarray | None = None
         sigma = radius * size
         half = int(np.ceil(2 * sigma))
-        g = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2).astype(np.float32)
-        kernel = np.outer(g, g)
+        g1 = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2).astype(np.float32)
+        kernel = np.outer(g1, g1)
         self.windows: dict[str, tuple[slice, slice, np.ndarray]] = {}
         for name in regions:
             cx, cy = pts[list(REGION_ANCHORS[name])].mean(0)
@@ -298,18 +293,12 @@ class MotionScorer:
         if j != index - self.gap or jbox is None or jlm is None:
             return None
         geo = self.geometry(jbox, jlm)
-        if self.cfg.align == "landmarks" and landmarks is not None:
-            flow = compute_flow(self.crop(old, jbox), self.aligned_crop(gray, jbox, jlm, landmarks),
-                                self.cfg.flow_backend, self.cfg.flow_params)
-        elif self.cfg.align == "flow":
+        if self.cfg.align == "flow":
             flow = self.two_pass_flow(self.crop(old, jbox), self.crop(gray, jbox), geo)
         else:
             flow = self.flow(old, gray, jbox)
         vectors, eyes, head = self.reduce(flow, geo)
-        field = self.last_field
-        if self.coarse_field and self.cfg.mesh_compensation and landmarks is not None:
-            field = self.mesh_residual(flow, geo, jbox, jlm, landmarks)
-        return FrameMotion(j, vectors, eyes, head, field, geo, self.last_head_vector)
+        return FrameMotion(j, vectors, eyes, head, self.last_field, geo, self.last_head_vector)
 
     def two_pass_flow(self, a: np.ndarray, b: np.ndarray, geo: RegionGeometry) -> np.ndarray:
         """Flow a -> b measured after removing the face's smooth movement: a fast coarse flow gives a
@@ -334,51 +323,6 @@ class MotionScorer:
         warped = cv2.remap(b, grid_x + model[..., 0], grid_y + model[..., 1], cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE)
         return compute_flow(a, warped, self.cfg.flow_backend, self.cfg.flow_params) + model
-
-    def aligned_crop(self, gray: np.ndarray, box: CropBox, lm_a: np.ndarray, lm_b: np.ndarray) -> np.ndarray:
-        """Frame b cropped where frame a's box lies after the head's own movement a -> b (an affine fit
-        of the landmarks that expressions do not move), so the flow only has to measure what is left:
-        small movements, measured far more precisely than the head's pixels of travel."""
-        a, b = lm_a[STABLE_LANDMARKS], lm_b[STABLE_LANDMARKS]
-        design = np.column_stack([a, np.ones(len(a), np.float32)])
-        coef, *_ = np.linalg.lstsq(design, b, rcond=None)  # a -> b, (3, 2)
-        side = int(box.side)
-        x0, y0 = round(box.cx - side / 2), round(box.cy - side / 2)
-        # crop pixel (u, v) -> frame a point (x0 + u, y0 + v) -> frame b point via the fit
-        m = coef.T.astype(np.float64)  # (2, 3): [A | t]
-        m[:, 2] = m[:, :2] @ np.array([x0, y0], np.float64) + m[:, 2]
-        crop = cv2.warpAffine(gray, m, (side, side), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_REPLICATE)
-        return cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA)
-
-    def mesh_residual(self, flow: np.ndarray, geo: RegionGeometry, box: CropBox, lm_a: np.ndarray,
-                      lm_b: np.ndarray) -> np.ndarray:
-        """The coarse movement field minus the face mesh's own movement (MediaPipe landmarks a -> b),
-        high-passed: whatever the tracked mesh explains (talking, head rotation with its parallax,
-        long expressions) is removed; a subtle movement the mesh does not follow is kept."""
-        size, g = self.size, self.size // COARSE
-        side = int(box.side)
-        scale = size / side
-        corner = np.array([round(box.cx - side / 2), round(box.cy - side / 2)], np.float32)
-        pts = (lm_a - corner) * scale
-        moved = (lm_b - lm_a) * scale
-        cells = np.clip((pts / COARSE).astype(np.int32), 0, g - 1)
-        acc = np.zeros((g, g, 3), np.float32)
-        np.add.at(acc, (cells[:, 1], cells[:, 0]), np.column_stack([moved, np.ones(len(moved), np.float32)]))
-        sigma_mesh = max(0.8, self.cfg.mesh_sigma * size / COARSE)
-        acc = cv2.GaussianBlur(acc, (0, 0), sigma_mesh)
-        mesh = acc[..., :2] / np.maximum(acc[..., 2:], 1e-3)
-        m = geo.mask
-        sr = self.cfg.region_radius * size
-        den = cv2.GaussianBlur(m, (0, 0), sr) + 1e-6
-        smooth = cv2.GaussianBlur(flow * m[..., None], (0, 0), sr) / den[..., None]
-        coarse = cv2.resize(smooth, (g, g), interpolation=cv2.INTER_AREA)
-        mc = (cv2.resize(m, (g, g), interpolation=cv2.INTER_AREA) > 0.5).astype(np.float32) * (acc[..., 2] > 0.05)
-        res = (coarse - mesh) * mc[..., None]
-        sh = self.cfg.highpass * size / COARSE
-        dm = cv2.GaussianBlur(mc, (0, 0), sh) + 1e-6
-        res = (res - cv2.GaussianBlur(res, (0, 0), sh) / dm[..., None]) * mc[..., None]
-        return res.astype(np.float32)
 
 
 def rise_return_score(v1: np.ndarray, v2: np.ndarray) -> float:
@@ -668,10 +612,10 @@ class Spotter:
         # (talking, chewing, fidgeting) is not evidence of one
         past: dict[str, float] = {}
         for j in range(c - 2 * self.gap - 4, c - self.gap + 1):
-            for k, v in self._score_history.get(j, {}).items():
-                past[k] = max(past.get(k, 0.0), v)
-        ratios = {k: (s / (self.thresholds[k] + bar) if s > self.cfg.isolation * past.get(k, 0.0) else 0.0)
-                  for k, s in scores.items()}
+            for name, value in self._score_history.get(j, {}).items():
+                past[name] = max(past.get(name, 0.0), value)
+        ratios = {name: (v / (self.thresholds[name] + bar) if v > self.cfg.isolation * past.get(name, 0.0) else 0.0)
+                  for name, v in scores.items()}
         self._score_history[c] = scores
         for old in [j for j in self._score_history if j < c - 3 * self.gap]:
             del self._score_history[old]
@@ -690,8 +634,8 @@ class Spotter:
         if box.angle != 0.0:
             box = CropBox(box.cx, box.cy, box.side)
         geo = self.scorer.geometry(box, lm)
-        peak = d.apex.peaks.get(d.region)
-        if peak is None:
+        cell = d.apex.peaks.get(d.region)
+        if cell is None:
             return None
         crop_a = self.scorer.crop(gray_a, box)
         disp = []
@@ -704,7 +648,7 @@ class Spotter:
                                 self.cfg.flow_params)
             self.scorer.reduce(flow, geo)
             assert self.scorer.last_field is not None
-            disp.append(self.scorer.last_field[peak])
+            disp.append(self.scorer.last_field[cell])
         p = np.asarray(disp)
         # remove what moves linearly from a to b (slow drift), then measure along the peak direction
         w = np.linspace(0.0, 1.0, len(p))[:, None]
