@@ -249,6 +249,7 @@ def _image_dir(dataset: str, root: Path) -> Path:
     """The folder holding subject folders, accepting the release's folder or the one above it."""
     if not root.is_dir():
         raise SlsttError(f"{dataset}: data root {root} does not exist; pass --data-root <folder>")
+    names: tuple[str, ...]
     if dataset == "casme2":
         names, pattern, expect = ("CASME2_RAW_selected", "CASME2_RAW", "CASME2-RAW", "CASME2"), r"sub\d+", "CASME2_RAW_selected/sub01/EP02_01f"
     elif dataset == "samm":

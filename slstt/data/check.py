@@ -37,10 +37,11 @@ class CheckReport:
         return lines
 
 
-def _cache_failures(cache_dir: Path, cfg: PreprocessConfig | None, keys: set[str]) -> tuple[dict, dict]:
+def _cache_failures(cache_dir: Path, cfg: PreprocessConfig | None, keys: set[str]) -> tuple[dict[str, list[str]], dict[str, int]]:
     """Faces not found (failures.json) and prepared files per cache key, for this table's samples."""
     folders = [cache_dir / cfg.cache_key()] if cfg else sorted(p for p in cache_dir.glob("*") if p.is_dir())
-    failures, prepared = {}, {}
+    failures: dict[str, list[str]] = {}
+    prepared: dict[str, int] = {}
     for folder in folders:
         path = folder / "failures.json"
         failed = json.loads(path.read_text()) if path.is_file() else {}
@@ -54,7 +55,8 @@ def check_dataset(table: DatasetTable, cache_dir: str | Path | None = None,
     first: dict[str, Problem] = {}
     for p in table.problems:
         first.setdefault(p.kind, p)
-    failures, prepared = ({}, {})
+    failures: dict[str, list[str]] = {}
+    prepared: dict[str, int] = {}
     if cache_dir is not None and Path(cache_dir).is_dir():
         failures, prepared = _cache_failures(Path(cache_dir), cfg, {s.key for s in table.samples})
     return CheckReport(

@@ -180,6 +180,7 @@ def _videos_dir(dataset: str, root: Path) -> Path:
     """The folder holding the data set's frame folders, accepting the release folder or one above it."""
     if not root.is_dir():
         raise SlsttError(f"{dataset}: data root {root} does not exist; pass --data-root <folder>")
+    names: tuple[str, ...]
     if dataset == "casme_sq":
         names = ("rawpic", "CASME_sq/rawpic", "CAS(ME)^2/rawpic", "CAS(ME)2/rawpic", "rawpic/rawpic")
         pattern, expect = r"s\d+", "rawpic/s15/15_0101disgustingteeth/img1.jpg"

@@ -225,8 +225,8 @@ def prepare_samples(samples: list[Sample], cfg: PreprocessConfig, cache_dir: str
             if workers <= 1:
                 _init_worker(model, None)
                 try:
-                    for sample, path in todo:
-                        record(*_prepare_one(sample, cfg.to_dict(), path))
+                    for sample, out_path in todo:
+                        record(*_prepare_one(sample, cfg.to_dict(), out_path))
                         bar.advance(task)
                 finally:
                     _close_worker()

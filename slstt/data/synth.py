@@ -153,9 +153,9 @@ def motion_bumps(landmarks: np.ndarray, motions: tuple[Motion, ...], amplitude: 
     # peak |d| on a 0.5 px grid over the bumps (overlapping bumps can peak between centres)
     centers = np.array([b.center for b in bumps])
     lo, hi = centers.min(0) - 2 * max(b.sigma for b in bumps), centers.max(0) + 2 * max(b.sigma for b in bumps)
-    shape = tuple(int(v) + 1 for v in np.ceil((hi - lo)[::-1] * 2))
+    rows, cols = (int(v) + 1 for v in np.ceil((hi - lo)[::-1] * 2))
     fine = [Bump(b.center * 2, b.vector, b.sigma * 2) for b in bumps]
-    peak = float(np.linalg.norm(bumps_field(fine, shape, tuple(lo * 2)), axis=2).max())
+    peak = float(np.linalg.norm(bumps_field(fine, (rows, cols), tuple(lo * 2)), axis=2).max())
     return [Bump(b.center, b.vector * (amplitude / peak), b.sigma) for b in bumps]
 
 
@@ -274,11 +274,15 @@ class ClipPlan:
 
 
 def draw_look(rng: np.random.Generator) -> SubjectLook:
+    # the draws keep this order: a seed gives the same look as before
+    scale, angle_deg = float(rng.uniform(0.92, 1.1)), float(rng.uniform(-6, 6))
+    shift = (float(rng.uniform(-0.05, 0.05)), float(rng.uniform(-0.05, 0.05)))
+    flip = bool(rng.random() < 0.5)
+    gain_b, gain_g, gain_r = (float(g) for g in rng.uniform(0.85, 1.15, 3))
     return SubjectLook(
-        scale=float(rng.uniform(0.92, 1.1)), angle_deg=float(rng.uniform(-6, 6)),
-        shift=(float(rng.uniform(-0.05, 0.05)), float(rng.uniform(-0.05, 0.05))), flip=bool(rng.random() < 0.5),
-        channel_gain=tuple(float(g) for g in rng.uniform(0.85, 1.15, 3)), brightness=float(rng.uniform(-20, 20)),
-        contrast=float(rng.uniform(0.8, 1.2)), gamma=float(rng.uniform(0.8, 1.25)), noise_sigma=float(rng.uniform(1.0, 2.5)),
+        scale=scale, angle_deg=angle_deg, shift=shift, flip=flip, channel_gain=(gain_b, gain_g, gain_r),
+        brightness=float(rng.uniform(-20, 20)), contrast=float(rng.uniform(0.8, 1.2)),
+        gamma=float(rng.uniform(0.8, 1.25)), noise_sigma=float(rng.uniform(1.0, 2.5)),
     )
 
 
@@ -304,7 +308,8 @@ def render_look(look: SubjectLook, size: int) -> tuple[np.ndarray, np.ndarray]:
     shrink = 1 / np.sqrt(abs(np.linalg.det(m[:, :2])))
     if shrink > 1.2:
         src = cv2.GaussianBlur(src, (0, 0), 0.45 * shrink)
-    img = cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32)
+    img: np.ndarray = cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_REFLECT).astype(np.float32)
     img = 255 * (np.clip(img / 255, 0, 1) ** look.gamma)
     img = (img - 128) * look.contrast + 128 + look.brightness
     img = np.clip(img * np.asarray(look.channel_gain, np.float32), 0, 255).astype(np.float32)
@@ -345,14 +350,17 @@ def render_clip(plan: ClipPlan, base: np.ndarray, landmarks: np.ndarray, noise: 
     gy, gx = np.mgrid[0:size, 0:size].astype(np.float32)
     expr = bumps_field(class_bumps(landmarks, plan.label, plan.amplitude, rng=rng), (size, size))
     ex, ey = np.ascontiguousarray(expr[..., 0]), np.ascontiguousarray(expr[..., 1])
-    blink = dark = None
-    if plan.blink and distractors:
-        bumps, eyes = blink_bumps(landmarks, plan.blink[2])
-        blink = bumps_field(bumps, (size, size))
-        dark = gaussian_map(eyes, (size, size), [0.35 * plan.blink[2]] * 2, channels=1)
     n, t = plan.num_frames, np.arange(plan.num_frames)
+    blink: np.ndarray | None = None
+    dark: np.ndarray | None = None
+    closure = 0 * t
+    if plan.blink and distractors:
+        start, end, depth = plan.blink
+        bumps, eyes = blink_bumps(landmarks, depth)
+        blink = bumps_field(bumps, (size, size))
+        dark = gaussian_map(eyes, (size, size), [0.35 * depth] * 2, channels=1)
+        closure = rise_fall(t, start, (start + end) / 2, end)
     profile = rise_fall(t, plan.onset, plan.apex, plan.offset)
-    closure = rise_fall(t, plan.blink[0], (plan.blink[0] + plan.blink[1]) / 2, plan.blink[1]) if dark is not None else 0 * t
     # head drift: smooth, sub-pixel to ~1 px over the clip, and a tiny rotation about the nose
     drift = rng.uniform(-0.6, 0.6, 2)[:, None] * np.sin(np.pi / 2 * t / n + rng.uniform(0, 0.5))
     angle = rng.uniform(-0.004, 0.004) * t / n  # radians
@@ -369,11 +377,11 @@ def render_clip(plan: ClipPlan, base: np.ndarray, landmarks: np.ndarray, noise: 
         if profile[i] > 0:
             map_x -= float(profile[i]) * ex
             map_y -= float(profile[i]) * ey
-        if closure[i] > 0:
+        if blink is not None and closure[i] > 0:
             map_x -= float(closure[i]) * blink[..., 0]
             map_y -= float(closure[i]) * blink[..., 1]
-        img = cv2.remap(base, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        if closure[i] > 0:
+        img: np.ndarray = cv2.remap(base, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        if dark is not None and closure[i] > 0:
             img *= 1 - float(closure[i]) * dark
         frames.append(lighting.apply(img, i, rng))
     return frames
@@ -555,7 +563,8 @@ def _place_events(rng: np.random.Generator, duration_s: float, fps: float, n_mic
 
 def _place_blinks(rng: np.random.Generator, n_frames: int, fps: float, avoid: list[Event]) -> list[Event]:
     """Blinks every 2-6 s, never during (or 0.2 s around) a micro or macro expression."""
-    blinks, t = [], rng.uniform(0.5, 3.0)
+    blinks: list[Event] = []
+    t = rng.uniform(0.5, 3.0)
     margin = 0.2 * fps
     while True:
         length = rng.uniform(0.1, 0.3)
@@ -604,7 +613,7 @@ def _face_canvas(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.nd
     landmarks = lm @ m[:, :2].T + m[:, 2]
     lo, hi = landmarks.min(0), landmarks.max(0)
     c, axes = (lo + hi) / 2 - [0, 0.05 * (hi[1] - lo[1])], (hi - lo) / 2 * [1.3, 1.35]
-    mask = np.zeros((height, width), np.float32)
+    mask: np.ndarray = np.zeros((height, width), np.float32)
     cv2.ellipse(mask, (int(c[0]), int(c[1])), (int(axes[0]), int(axes[1])), 0, 0, 360, 1.0, -1)
     mask = cv2.GaussianBlur(mask, (0, 0), 6)[..., None]
     background = np.array(rng.uniform(70, 190, 3), np.float32)
@@ -696,7 +705,8 @@ def make_long_video(out_path: str | os.PathLike, seed: int = 0, duration_s: floa
     x1, y1 = min(int(box[2]) + margin, width), min(int(box[3]) + margin, height)
     gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     # per-event bumps in canvas coordinates (moved with the head per frame below)
-    shapes = []  # (profile over frames, bumps, dark centres)
+    # (profile over frames, bumps, dark centres)
+    shapes: list[tuple[np.ndarray, list[Bump], list[tuple[np.ndarray, float]]]] = []
     t = np.arange(n_frames)
     for e in events:
         if e.kind in ("micro", "macro"):
@@ -794,8 +804,8 @@ def synth_command(
     class_list = _check_classes([c for c in classes.split(",") if c.strip()])
     if seed < 0:
         raise SlsttError(f"--seed must be 0 or more, got {seed}")
-    if not (math.isfinite(fps) and 1 <= fps <= 1000) or not 32 <= size <= 2048:
-        raise SlsttError(f"--fps must be in 1..1000 and --size in 32..2048; got {fps:g} and {size}")
+    if not (math.isfinite(fps) and 1 <= fps <= 1000):
+        raise SlsttError(f"--fps must be a number in 1..1000, got {fps:g}")
     if not math.isfinite(video_seconds) or video_seconds > 3600:
         raise SlsttError(f"--video-seconds must be a finite number up to 3600, got {video_seconds:g}")
     if videos < 0:

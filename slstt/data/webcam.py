@@ -52,6 +52,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -68,12 +69,29 @@ QUIET_HEAD_PX = 1.0  # crop-112 px of nose displacement per 0.2 s below which th
 CROP_PX = 112
 GAP_S = 0.8  # seconds between one micro event's offset and the next one's onset, at least
 QUIET_PER_MINUTE = 4.5  # still-head moments per minute in a no-event video (as in a 9-event one)
+
+
 # Head motion statistics (tuned so the 0.2 s rigid motion on a 112 px crop matches real talking
 # faces: median ~1.35 px, p90 ~3.7 px). slow: sway, std (deg) of yaw/pitch/roll, smoothing slow_s;
 # fast: talking-time motion, scaled by activity (idle_activity in pauses, 1 while talking);
 # shifts are fractions of the face height, lean the std of the scale; turns (70 % yaw, 30 % pitch)
 # of turn_deg over turn_s every turn_gap_s, a third of them nods (2 Hz pitch wobble of nod_deg).
-HEAD_MOTION = {
+class _HeadMotion(TypedDict):
+    slow_deg: tuple[float, float, float]  # yaw, pitch, roll
+    slow_s: float
+    fast_deg: tuple[float, float, float]
+    fast_s: float
+    idle_activity: float
+    slow_shift: tuple[float, float]  # x, y
+    fast_shift: float
+    lean: float
+    turn_gap_s: tuple[float, float]
+    turn_deg: tuple[float, float]
+    turn_s: tuple[float, float]
+    nod_deg: tuple[float, float]
+
+
+HEAD_MOTION: _HeadMotion = {
     "slow_deg": (7.8, 4.7, 2.6), "slow_s": 1.4, "fast_deg": (3.7, 3.0, 1.5), "fast_s": 0.2,
     "idle_activity": 0.25, "slow_shift": (0.04, 0.025), "fast_shift": 0.006, "lean": 0.04,
     "turn_gap_s": (1.5, 5.0), "turn_deg": (6.0, 16.0), "turn_s": (0.3, 0.8), "nod_deg": (2.0, 6.0),
@@ -531,7 +549,7 @@ class WebcamScene:
         self.jaw_w = self._jaw_weights()
         # sprite alpha: head ellipse + neck, skin and hair colours of the identity
         ec = (centre2 - origin) - np.array([0, 0.08 * half[1]])
-        alpha = np.zeros((int(sh), int(sw)), np.float32)
+        alpha: np.ndarray = np.zeros((int(sh), int(sw)), np.float32)
         cv2.ellipse(alpha, (int(ec[0]), int(ec[1])), tuple(int(v) for v in self.ellipse_axes), 0, 0, 360, 1.0, -1)
         # below the eyes only the face itself (the photo's background shows beside the jaw)
         eyes_y = int(self.src2[list(synth.EYE_CORNERS), 1].mean())
@@ -541,7 +559,7 @@ class WebcamScene:
         chin = self.src2[synth.CHIN]
         cv2.rectangle(alpha, (int(chin[0] - 0.4 * face_w), int(chin[1] - 0.3 * half[1])), (int(chin[0] + 0.4 * face_w), int(sh)), 1.0, -1)
         alpha = cv2.GaussianBlur(alpha, (0, 0), max(2.0, 0.02 * plan.face_px))
-        skin = np.zeros_like(alpha)
+        skin: np.ndarray = np.zeros_like(alpha)
         cv2.fillConvexPoly(skin, cv2.convexHull(np.round(self.src2).astype(np.int32)), 1.0)
         cv2.rectangle(skin, (int(chin[0] - 0.4 * face_w), int(chin[1] - 0.2 * half[1])), (int(chin[0] + 0.4 * face_w), int(sh)), 1.0, -1)
         skin = cv2.GaussianBlur(skin, (0, 0), 0.04 * plan.face_px)
@@ -725,7 +743,8 @@ class WebcamScene:
     def _clean_canvas(self) -> np.ndarray:
         """The working canvas with last frame's drawings undone (copying only what was drawn)."""
         if not hasattr(self, "_canvas"):
-            self._canvas, self._dirty = self.background.copy(), []
+            self._canvas = self.background.copy()
+            self._dirty: list[tuple[int, int, int, int]] = []  # (y0, y1, x0, x1) drawn over
         for y0, y1, x0, x1 in self._dirty:
             self._canvas[y0:y1, x0:x1] = self.background[y0:y1, x0:x1]
         self._dirty = []
@@ -756,7 +775,7 @@ def _hand_sprite(rng: np.random.Generator, face_px: float) -> np.ndarray:
     import cv2
 
     s = int(face_px * 1.1)
-    mask = np.zeros((s, s), np.float32)
+    mask: np.ndarray = np.zeros((s, s), np.float32)
     palm_c = (s // 2, int(s * 0.68))
     cv2.ellipse(mask, palm_c, (int(s * 0.2), int(s * 0.24)), 0, 0, 360, 1.0, -1)
     for k, (dx, length) in enumerate(((-0.15, 0.3), (-0.05, 0.36), (0.05, 0.35), (0.15, 0.28))):
@@ -1010,7 +1029,7 @@ class _H264Writer:
     def __init__(self, out_path: Path, fps: float, size: tuple[int, int], crf: int):
         self.out_path, self.fps, self.size, self.crf = Path(out_path), fps, size, crf
         self.tmp = self.out_path.with_name(f".{self.out_path.stem}.{os.getpid()}.tmp.mp4")
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.cv_writer = None
 
     def __enter__(self):
@@ -1033,25 +1052,30 @@ class _H264Writer:
         return self.cv_writer.write
 
     def _write_pipe(self, frame: np.ndarray) -> None:
+        # only handed out by __enter__ once ffmpeg runs with stdin=PIPE
+        assert self.proc is not None and self.proc.stdin is not None
         try:
             self.proc.stdin.write(np.ascontiguousarray(frame).tobytes())
         except BrokenPipeError:
             raise SlsttError(f"ffmpeg stopped while writing {self.out_path}: {self._stderr()}") from None
 
     def _stderr(self) -> str:
-        err = self.proc.stderr.read().decode(errors="replace").strip().splitlines() if self.proc.stderr else []
+        stderr = self.proc.stderr if self.proc is not None else None
+        err = stderr.read().decode(errors="replace").strip().splitlines() if stderr else []
         return err[-1] if err else "no message"
 
     def __exit__(self, exc_type, *exc) -> None:
         ok = exc_type is None
         if self.proc is not None:
             try:
-                self.proc.stdin.close()
+                if self.proc.stdin is not None:
+                    self.proc.stdin.close()
             except BrokenPipeError:
                 ok = False
             code = self.proc.wait()
             message = self._stderr() if ok and code != 0 else ""
-            self.proc.stderr.close()
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
             if ok and code != 0:
                 self.tmp.unlink(missing_ok=True)
                 raise SlsttError(f"ffmpeg failed writing {self.out_path} (exit {code}): {message}")

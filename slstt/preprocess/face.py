@@ -259,5 +259,5 @@ def apply_crop(frame: np.ndarray, box: CropBox) -> np.ndarray:
     else:
         centre = (x0 + side / 2, y0 + side / 2)
         m = cv2.getRotationMatrix2D(centre, box.angle, 1.0)
-        m[:, 2] += (side / 2 - centre[0], side / 2 - centre[1])
+        m[:, 2] += np.array([side / 2 - centre[0], side / 2 - centre[1]])
     return cv2.warpAffine(frame, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

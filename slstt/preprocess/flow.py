@@ -46,7 +46,7 @@ def _solver(backend: str, params: dict[str, Any]) -> Any:
         preset = params.get("preset", "medium")
         if preset not in DIS_PRESETS:
             raise SlsttError(f"flow_params.preset: unknown DIS preset {preset!r}; choose {', '.join(DIS_PRESETS)}")
-        solver = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+        solver = cv2.DISOpticalFlow.create(DIS_PRESETS[preset])
         for name, value in params.items():
             if name == "preset":
                 continue

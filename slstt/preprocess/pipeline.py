@@ -49,7 +49,10 @@ def _crop_loader(load_frame: Callable[[int], np.ndarray], box: CropBox,
 
 
 def _find_box(load_frame: Callable[[int], np.ndarray], index: int, cfg: PreprocessConfig,
-              landmarker: FaceLandmarker, where: str) -> CropBox:
+              landmarker: FaceLandmarker | None, where: str) -> CropBox:
+    # Checked here, where the landmarker is used: only a clip without a given box needs one.
+    if landmarker is None:
+        raise SlsttError("clip_to_flow_images needs a FaceLandmarker or a crop box")
     landmarks = landmarker.detect(load_frame(index))
     if landmarks is None:
         raise NoFaceError(f"no face found on frame {index} of {where or 'the clip'}; "
@@ -84,8 +87,6 @@ def clip_to_flow_images(load_frame: Callable[[int], np.ndarray], num_frames_in_c
     if not 0 <= onset < offset:
         raise SlsttError(f"bad frame indices in {where or 'clip'}: onset {onset}, offset {offset}, "
                          f"{num_frames_in_clip} frames; need 0 <= onset < offset < frames")
-    if box is None and landmarker is None:
-        raise SlsttError("clip_to_flow_images needs a FaceLandmarker or a crop box")
 
     if apex is None and cfg.apex_policy == "flow":
         # Motion is measured inside a face box: the given one or the face on the middle frame.
