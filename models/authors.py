@@ -105,11 +105,12 @@ def detect_aggregator(state: dict[str, torch.Tensor], given: str | None = None, 
     if not has_lstm and not has_fc:
         raise SlsttError(f"{where}: authors' checkpoint has neither lstm/fc1/fc2 nor vit.fc tensors; expected {EXPECTED}")
     if not has_lstm or not has_fc:  # a file from another writer with only one head: nothing to decide
-        found = "lstm" if has_lstm else "mean"
-        if given is not None and given != found:
-            raise SlsttError(f"{where}: aggregator {given!r} given but the file only holds the {found} head's "
-                             f"tensors; pass aggregator='{found}' or leave it out")
-        return found
+        only = "lstm" if has_lstm else "mean"
+        if given is not None and given != only:
+            raise SlsttError(f"{where}: aggregator {given!r} given but the file only holds the {only} head's "
+                             f"tensors; pass aggregator='{only}' or leave it out")
+        return only
+    found: str | None  # None: both heads look trained, the evidence decides nothing
     fc_zero = not (state["vit.fc.weight"].any() or state["vit.fc.bias"].any())
     untouched, why = untouched_lstm_head(state)
     if fc_zero:
@@ -139,14 +140,15 @@ def infer_model_config(state: dict[str, torch.Tensor], labels: list[str], scheme
         raise SlsttError(f"authors' checkpoint: position embedding has {tokens} tokens, not 1 + a square grid")
     depth = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("vit.transformer.blocks."))
     input_size = grid * patch
-    common = dict(backbone=_vit_backbone_name(dim, depth, patch, input_size), input_size=input_size,
-                  num_frames=11, labels=labels, class_scheme=scheme)
+    backbone = _vit_backbone_name(dim, depth, patch, input_size)
     if aggregator == "lstm":
         layers = sum(1 for k in state if k.startswith("lstm.weight_ih_l"))
         return ModelConfig(aggregator="lstm", num_classes=state["fc2.weight"].shape[0],
                            lstm_hidden=state["lstm.weight_hh_l0"].shape[1], lstm_layers=layers,
-                           head_hidden=state["fc1.weight"].shape[0], **common)
-    return ModelConfig(aggregator="mean", num_classes=state["vit.fc.weight"].shape[0], **common)
+                           head_hidden=state["fc1.weight"].shape[0], backbone=backbone, input_size=input_size,
+                           num_frames=11, labels=labels, class_scheme=scheme)
+    return ModelConfig(aggregator="mean", num_classes=state["vit.fc.weight"].shape[0], backbone=backbone,
+                       input_size=input_size, num_frames=11, labels=labels, class_scheme=scheme)
 
 
 def convert_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:

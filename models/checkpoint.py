@@ -317,7 +317,9 @@ def _cached_timm_file(tag: str) -> str | None:
         repo = pcfg.hf_hub_id.split("@")[0] if pcfg is not None and pcfg.hf_hub_id else None
     except Exception:  # an unknown tag or an old timm: treat as not cached
         return None
-    for name in ("model.safetensors", "pytorch_model.bin") if repo else ():
+    if repo is None:
+        return None
+    for name in ("model.safetensors", "pytorch_model.bin"):
         found = try_to_load_from_cache(repo, name)
         if isinstance(found, str):
             return found

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from torch import nn
 from slstt.config import ModelConfig
 from slstt.errors import SlsttError
 from slstt.models.slstt import SLSTT
+
+if TYPE_CHECKING:  # timm is imported lazily (slow import)
+    from timm.models.vision_transformer import VisionTransformer
 
 # Authors' (PyTorch-Pretrained-ViT) names -> timm names, per transformer block (spec section 7).
 AUTHORS_BLOCK_NAMES = {
@@ -46,9 +49,13 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
 def _numpy_safe_globals() -> list[Any]:
     """numpy scalars and dtypes (e.g. a best_f1 from scikit-learn in the authors' files) are plain
     data; allow them, under both the numpy 1 and numpy 2 module names, and nothing else."""
+    import importlib
+
     import numpy as np
 
-    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    # by module name: numpy's stubs do not declare multiarray.scalar (nor numpy 1's np.core here)
+    multiarray = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
+    scalar = multiarray.scalar
     allowed: list[Any] = [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype]
     allowed += [getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType", "Int32DType")]
     return allowed
@@ -174,10 +181,12 @@ def ensure_pretrained_available(backbone: str, timeout_s: float = 3.0) -> None:
             return
         host = "huggingface.co"
     elif cfg.url:
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+        # timm's url is a string or (url, cached file name), as its download_cached_file reads it
+        url, filename = cfg.url if isinstance(cfg.url, tuple) else (cfg.url, os.path.basename(urlparse(cfg.url).path))
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
         if cached.is_file():
             return
-        host = urlparse(cfg.url).hostname or ""
+        host = urlparse(url).hostname or ""
     else:
         raise SlsttError(f"timm has no download source for {name}; {WEIGHTS_HINT}")
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
@@ -190,7 +199,7 @@ def ensure_pretrained_available(backbone: str, timeout_s: float = 3.0) -> None:
                          f"({_first_line(exc, 60)}); {WEIGHTS_HINT}") from None
 
 
-def build_backbone(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
+def build_backbone(cfg: ModelConfig, pretrained: bool = False) -> VisionTransformer:
     import timm
 
     base = cfg.backbone.split(".")[0]
@@ -202,7 +211,8 @@ def build_backbone(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
     if pretrained:
         ensure_pretrained_available(cfg.backbone)
     try:
-        backbone = timm.create_model(name, pretrained=pretrained, **backbone_kwargs(cfg))
+        # vit_/deit_ names (checked above) build a VisionTransformer; timm types the result as a Module
+        backbone = cast("VisionTransformer", timm.create_model(name, pretrained=pretrained, **backbone_kwargs(cfg)))
     except Exception as exc:
         if not pretrained:
             raise
@@ -212,11 +222,11 @@ def build_backbone(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
         ) from None
     for block in backbone.blocks:
         # The authors' MLP has no dropout between fc1 and fc2 (only after fc2); timm's has both.
-        block.mlp.drop1 = nn.Identity()
+        block.get_submodule("mlp").drop1 = nn.Identity()
     return backbone
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+def load_backbone_weights(backbone: VisionTransformer, path: str | Path) -> None:
     """Load a local weights file into a timm ViT backbone (either layout, position embedding resampled)."""
     data = read_torch_file(path, f"a ViT weights file: {EXPECTED_WEIGHT_LAYOUTS}")
     if isinstance(data, dict):

@@ -10,10 +10,15 @@ dropout noise for speed; callers decide.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from slstt.config import ModelConfig
+
+if TYPE_CHECKING:  # timm is imported lazily (slow import); the backbone is built in slstt.models.factory
+    from timm.models.vision_transformer import VisionTransformer
 
 
 def init_linear(layer: nn.Linear) -> None:
@@ -24,10 +29,10 @@ def init_linear(layer: nn.Linear) -> None:
 
 
 class SLSTT(nn.Module):
-    def __init__(self, cfg: ModelConfig, backbone: nn.Module):
+    def __init__(self, cfg: ModelConfig, backbone: VisionTransformer):
         super().__init__()
         self.cfg = cfg
-        self.backbone = backbone  # timm VisionTransformer built with num_classes=0
+        self.backbone: VisionTransformer = backbone  # built with num_classes=0
         dim = backbone.embed_dim
         if cfg.aggregator == "lstm":
             self.lstm = nn.LSTM(dim, cfg.lstm_hidden, cfg.lstm_layers, batch_first=True)

@@ -66,6 +66,8 @@ BLINK_REGIONS = ("inner_brow_r", "inner_brow_l", "outer_brow_r", "outer_brow_l",
                  "nose_wing_r", "nose_wing_l")
 UPPER_LIDS = (159, 386)
 EYE_RINGS = ((33, 133, 159, 145, 160, 144, 158, 153), (263, 362, 386, 374, 387, 373, 385, 380))
+MOUTH_REGIONS = ("lip_corner_r", "lip_corner_l", "upper_lip", "lower_lip", "chin")
+UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
 MAD_SCALE = 1.4826  # MAD -> standard deviation for normal noise
 COARSE = 4  # the smoothed movement field is kept at 1/COARSE of the flow crop
 
@@ -91,6 +93,8 @@ class SpotterConfig:
     max_fire_fraction: float = 0.7  # reject when more than this fraction of regions fire together
     head_fast: float = 8.0  # px of head motion per gap (on the crop) above which candidates are rejected
     blink_gate: float = 0.5  # px of upper-lid downward movement that marks a blink
+    talk_window_s: float = 1.0  # the lips' opening over this window tells talking
+    talk_opening: float = 0.03  # lips opening and closing by more than this fraction of the crop: talking
     isolation: float = 1.5  # a region must score this many times its own maximum of the 0.3 s before
     head_leak: float = 0.15  # thresholds rise by this fraction of the head's own rise-and-return
     blink_factor: float = 2.0  # during a blink the other regions need this many times their threshold
@@ -496,6 +500,7 @@ class Spotter:
         self._blinks: deque[int] = deque(maxlen=64)  # candidate frames inside a blink (lids down and up)
         self._micro_apexes: deque[int] = deque(maxlen=16)
         self._score_history: dict[int, dict[str, float]] = {}
+        self._mouth: deque[tuple[int, float]] = deque(maxlen=max(4, round(c.talk_window_s * fps)))
         self.rejected: list[Decision] = []  # recent rejections (for diagnostics), bounded
         self.threshold, self.low = 1.0, c.low_ratio
 
@@ -619,9 +624,17 @@ class Spotter:
         self._score_history[c] = scores
         for old in [j for j in self._score_history if j < c - 3 * self.gap]:
             del self._score_history[old]
+        if self._talking(c):  # the jaw is working: the mouth's own movements are speech, not evidence
+            ratios = {k: (0.0 if k in MOUTH_REGIONS else v) for k, v in ratios.items()}
         recent = c - self.gap
         macro = frozenset(k for k, last in self._macro_active.items() if last >= recent)
         return Candidate(c, ratios, scores, max(now.head, before.head), blink, macro, peaks)
+
+    def _talking(self, c: int) -> bool:
+        """The lips opened and closed by more than talk_opening (fraction of the crop) within
+        talk_window_s around the candidate: speech (or chewing), seen on the tracked landmarks."""
+        near = [v for i, v in self._mouth if c - len(self._mouth) <= i <= c + self.gap]
+        return len(near) >= 3 and max(near) - min(near) > self.cfg.talk_opening
 
     def _profile_interval(self, d: Decision, index: int) -> Interval | None:
         """Measure the event on the firing region's displacement from the frame before it."""
@@ -695,9 +708,10 @@ class Spotter:
         motion = self.scorer.update(gray, index, box, landmarks)
         if motion is not None:
             self._motion[motion.index] = motion
-
-        macro_gray = gray
-        closed += self._macro_step(self.macro.update(macro_gray, index, box, landmarks), index)
+        if landmarks is not None and box is not None:  # how far the lips are apart (talking)
+            self._mouth.append((index, float(np.hypot(*(landmarks[LOWER_INNER_LIP] - landmarks[UPPER_INNER_LIP])))
+                                / max(float(box.side), 1.0)))
+        closed += self._macro_step(self.macro.update(gray, index, box, landmarks), index)
         cand = self._candidate(index)
         if cand is None:
             return SpotStep(index, t, float("nan"), self.threshold, self.low, self.machine.active, closed)

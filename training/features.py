@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,10 +38,13 @@ import torch
 from slstt.config import PreprocessConfig
 from slstt.io import atomic_write
 
+if TYPE_CHECKING:  # only for annotations: importing the model here would import timm eagerly
+    from slstt.models.slstt import SLSTT
+
 FEATURE_DIR = "features"
 
 
-def backbone_id(model: torch.nn.Module) -> str:
+def backbone_id(model: SLSTT) -> str:
     """Identity of everything that produces the pre-norm class token."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.backbone.state_dict().items()):
@@ -87,13 +92,13 @@ def _read_tokens(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray
     return tokens if np.isfinite(tokens).all() else None
 
 
-def token_shape(model: torch.nn.Module, prep: PreprocessConfig) -> tuple[int, int]:
+def token_shape(model: SLSTT, prep: PreprocessConfig) -> tuple[int, int]:
     """(T, D) of one sample's cached tokens."""
     return prep.num_frames, int(model.backbone.embed_dim)
 
 
 @torch.no_grad()
-def compute_features(model: torch.nn.Module, samples: Sequence, cache_dir: str | Path,
+def compute_features(model: SLSTT, samples: Sequence, cache_dir: str | Path,
                      prep: PreprocessConfig, device: torch.device | str = "cpu", batch_size: int = 4,
                      on_sample: Callable[[int], None] | None = None, face_sha: str | None = None) -> Path:
     """Write the pre-norm class tokens of every sample that has no readable ones yet; returns the root dir."""
@@ -110,7 +115,7 @@ def compute_features(model: torch.nn.Module, samples: Sequence, cache_dir: str |
             frames = torch.stack([load_input(cache_dir, prep, s, face_sha) for s in batch]).to(device)
             tokens = model.trunk(frames).float().cpu().numpy()
             for sample, token in zip(batch, tokens, strict=True):
-                atomic_write(feature_path(root, sample), lambda p, t=token: _save_npy(p, t))
+                atomic_write(feature_path(root, sample), partial(_save_npy, array=token))
             if on_sample is not None:
                 on_sample(len(batch))
     finally:
@@ -128,7 +133,7 @@ def load_features(root: str | Path, samples: Sequence, shape: tuple[int, int] | 
     file (or one not of `shape`, or of a shape other than the first file's)."""
     from slstt.errors import SlsttError
 
-    arrays = []
+    arrays: list[np.ndarray] = []
     for sample in samples:
         path = feature_path(Path(root), sample)
         tokens = _read_tokens(path, shape or (arrays[0].shape if arrays else None))

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from slstt.provenance import git_revision, package_versions
 from slstt.training.config import TrainConfig
 from slstt.training.executors import Executor, FoldJob, LocalExecutor, ProgressFn
 from slstt.training.metrics import classification_scores
+
+if TYPE_CHECKING:  # only for annotations: the model module imports timm
+    from slstt.models.slstt import SLSTT
 
 ALL_FOLD = "all"
 RESULT_FILES = ("results.json", "results.csv", "per_subject.csv", "per_dataset.csv",
@@ -144,7 +147,7 @@ class FoldInputs:
 
             self.tokens = load_features(feature_root, self.samples, shape).to(device)
 
-    def logits(self, model: torch.nn.Module, idx: Sequence[int], training: bool) -> torch.Tensor:
+    def logits(self, model: SLSTT, idx: Sequence[int], training: bool) -> torch.Tensor:
         if self.tokens is not None:
             tokens = self.tokens[list(idx)]
             if training and self.cfg.feature_dropout > 0:
@@ -260,6 +263,7 @@ def run_fold(job: FoldJob, progress: ProgressFn | None = None) -> dict[str, Any]
     history: list[dict[str, Any]] = []
     best, best_state, best_epoch = None, None, cfg.epochs
     watch = {"val": val_idx, "test": test_idx}.get(cfg.select)
+    assert cfg.grad_clip is not None  # TrainConfig.__post_init__ resolves None to the optimizer's default
     with head_threads(device, inputs.tokens is not None):
         for epoch in range(1, cfg.epochs + 1):
             row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
@@ -325,7 +329,7 @@ def run_backbone_identity(cfg: TrainConfig, model: torch.nn.Module):
     return backbone_identity(model, "random", seed=cfg.seed)
 
 
-def build_run_model(cfg: TrainConfig) -> torch.nn.Module:
+def build_run_model(cfg: TrainConfig) -> SLSTT:
     """The model every fold starts from (seeded as run_fold does), on the CPU."""
     from slstt.models import create_model
 
@@ -439,7 +443,8 @@ def open_run_dir(cfg: TrainConfig, overwrite: bool, sample_set: str | None = Non
     """Create the run dir, or check that an existing one was made by the same config."""
     run_dir = Path(cfg.out_dir)
     marker = run_dir / "run.json"
-    if marker.is_file() and (data := read_run_marker(marker)) is None:
+    data = read_run_marker(marker) if marker.is_file() else None
+    if marker.is_file() and data is None:
         # Damaged marker: each fold's done.json still names its config, so the run is recoverable
         # when every finished fold was made by this config.
         others = {d.get("config_hash") for p in run_dir.glob("fold_*") if (d := read_done(p))} - {cfg.run_hash()}
@@ -450,7 +455,7 @@ def open_run_dir(cfg: TrainConfig, overwrite: bool, sample_set: str | None = Non
             on_warning(f"{marker} was damaged; rewritten (finished folds are checked one by one)")
         if others:
             clear_run_dir(run_dir)
-    elif marker.is_file():
+    elif data is not None:  # a readable marker
         old = data.get("config_hash")
         if old != cfg.run_hash():
             if not overwrite:
@@ -514,7 +519,7 @@ def finished_folds(run_dir: Path, run_hash: str, sample_set: str) -> list[str]:
 
 def prepare_features(cfg: TrainConfig, samples: Sequence, device: torch.device,
                      on_sample: Callable[[int], None] | None = None,
-                     model: torch.nn.Module | None = None) -> str | None:
+                     model: SLSTT | None = None) -> str | None:
     """Fill the frozen-feature cache when it applies; returns its root, or None (backbone runs each step).
     `model`: the run's starting model (build_run_model), built here when not given."""
     if not cfg.feature_cache:

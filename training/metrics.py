@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
+# Class indices: a list, or the int arrays the report and the training loop collect.
+IntLabels = Sequence[int] | np.ndarray
 
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
+
+def confusion_matrix(y_true: IntLabels, y_pred: IntLabels, num_classes: int) -> np.ndarray:
     """(C, C) counts, rows = true class, columns = predicted class."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
@@ -39,7 +42,7 @@ def scores_from_confusion(cm: np.ndarray) -> dict[str, float]:
     }
 
 
-def classification_scores(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> dict[str, float]:
+def classification_scores(y_true: IntLabels, y_pred: IntLabels, num_classes: int) -> dict[str, float]:
     """{'n', 'accuracy', 'uf1', 'uar'} of pooled predictions."""
     return scores_from_confusion(confusion_matrix(y_true, y_pred, num_classes))
 
@@ -57,7 +60,7 @@ def per_class_table(cm: np.ndarray, labels: Sequence[str]) -> list[dict[str, Any
     return rows
 
 
-def grouped_scores(groups: Sequence[str], y_true: Sequence[int], y_pred: Sequence[int],
+def grouped_scores(groups: Sequence[str], y_true: IntLabels, y_pred: IntLabels,
                    num_classes: int) -> list[dict[str, Any]]:
     """Scores per group (a subject, or a data set of a composite), groups in sorted order.
 

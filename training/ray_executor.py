@@ -32,11 +32,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slstt.errors import SlsttError, first_line
 from slstt.io import atomic_write_bytes
 from slstt.training.executors import FoldFn, FoldJob
+
+if TYPE_CHECKING:  # ray is optional and imported only when used
+    from ray import ObjectRef
 
 INSTALL_HINT = 'Ray is not installed: pip install "slstt[ray]"'
 CACHE_KEY = "cache"  # bundle folder holding prepared flow images (used when there is no feature cache)
@@ -59,7 +62,7 @@ class InputBundle:
     """The shared inputs as one tar, addressed by its sha-256 (same inputs -> same digest)."""
 
     digest: str
-    ref: list[Any] | None = None  # [ObjectRef] boxed so Ray does not fetch it before we know we need it
+    ref: list[ObjectRef[bytes]] | None = None  # [ObjectRef] boxed so Ray does not fetch it before we know we need it
     staged_dir: str | None = None  # already unpacked where every node can read it (shared_dir)
 
 
@@ -317,6 +320,7 @@ def _node_inputs(bundle: InputBundle) -> Path:
         return local / "slstt-inputs" / bundle.digest
     import ray
 
+    assert bundle.ref is not None  # RayExecutor sets staged_dir or ref
     return unpack_once(ray.get(bundle.ref[0]), bundle.digest, local)
 
 

@@ -21,6 +21,7 @@ take turns under a lock while the folds of all runs are in flight on the cluster
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -226,7 +227,8 @@ def summarize(points: list[dict], configs: list, results: list[dict | None]) -> 
     """Group runs by every grid key except seed; mean and sample std (ddof=1) over the seeds."""
     import numpy as np
 
-    runs, groups = [], {}
+    runs: list[dict[str, Any]] = []
+    groups: dict[tuple[tuple[str, Any], ...], list[dict[str, Any]]] = {}
     for point, cfg, res in zip(points, configs, results, strict=True):
         pooled = (res or {}).get("pooled") or {}
         row = {"run": Path(cfg.out_dir).name, "run_dir": cfg.out_dir, "backbone": cfg.model["backbone"],
