@@ -172,7 +172,9 @@ class LivePipeline:
                        "face the camera, improve the light or check the video")
         self.trace.append((t, step.score, step.threshold))
         if self.config.keep_history:
-            self.history.append((index, t, step.score, step.threshold))
+            # plotted where the score belongs: the candidate apex, one flow gap before this frame
+            self.history.append((index, step.scored_s if step.scored_s == step.scored_s else t, step.score,
+                                 step.threshold))
         for interval in step.closed:
             self._on_interval(interval)
         self.stats.busy_s += time.perf_counter() - t0

@@ -144,6 +144,7 @@ class SpotStep:
     active: bool  # a candidate is open
     closed: list[Interval]
     region: str = ""  # best region at this step
+    scored_s: float = float("nan")  # time of the frame the score belongs to (the candidate apex, one gap back)
 
 
 # --- 1. motion ---------------------------------------------------------------------------------
@@ -735,4 +736,4 @@ class Spotter:
                 self.rejected.append(decision)
                 del self.rejected[:-50]
         best = max(cand.ratios.items(), key=lambda kv: kv[1]) if cand.ratios else ("", 0.0)
-        return SpotStep(index, t, float(best[1]), self.threshold, self.low, self.machine.active, closed, best[0])
+        return SpotStep(index, t, float(best[1]), self.threshold, self.low, self.machine.active, closed, best[0], t_c)
