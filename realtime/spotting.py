@@ -68,6 +68,8 @@ UPPER_LIDS = (159, 386)
 EYE_RINGS = ((33, 133, 159, 145, 160, 144, 158, 153), (263, 362, 386, 374, 387, 373, 385, 380))
 MOUTH_REGIONS = ("lip_corner_r", "lip_corner_l", "upper_lip", "lower_lip", "chin")
 UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
+# the two-pass flow's coarse pass (half size): a fast, robust estimate of the face's smooth movement
+COARSE_FLOW = {"pyr_scale": 0.5, "levels": 3, "winsize": 9, "iterations": 2, "poly_n": 5, "poly_sigma": 1.1, "flags": 0}
 MAD_SCALE = 1.4826  # MAD -> standard deviation for normal noise
 COARSE = 4  # the smoothed movement field is kept at 1/COARSE of the flow crop
 
@@ -311,9 +313,9 @@ class MotionScorer:
         what is left (small, so precise), and the model is added back."""
         s = self.size
         half = s // 2
-        small = cv2.calcOpticalFlowFarneback(cv2.resize(a, (half, half), interpolation=cv2.INTER_AREA),
-                                             cv2.resize(b, (half, half), interpolation=cv2.INTER_AREA),
-                                             None, 0.5, 3, 9, 2, 5, 1.1, 0) * 2.0
+        small = compute_flow(cv2.resize(a, (half, half), interpolation=cv2.INTER_AREA),
+                             cv2.resize(b, (half, half), interpolation=cv2.INTER_AREA), "farneback",
+                             COARSE_FLOW) * 2.0
         keep = geo.mask[self._grid].reshape(-1) > 0
         target = cv2.resize(small, (s, s), interpolation=cv2.INTER_LINEAR)[self._grid].reshape(-1, 2)
         q = self._qdesign
