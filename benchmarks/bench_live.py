@@ -40,7 +40,8 @@ def bench_frames(video: Path, landmark_every: int) -> None:
         face = pipe.tracker.update(frame.image, frame.index, frame.t)
         t2 = time.perf_counter()
         gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
-        pipe.spotter.update(gray, frame.index, frame.t, face.box if face else None, face.landmarks if face else None)
+        pipe.spotter.update(gray, frame.index, frame.t, face.box if face else None, face.landmarks if face else None,
+                            face.depth if face else None)
         t3 = time.perf_counter()
         t_decode, t_track, t_spot, n = t_decode + t1 - t0, t_track + t2 - t1, t_spot + t3 - t2, n + 1
     wall = time.perf_counter() - start

@@ -160,7 +160,8 @@ class LivePipeline:
         face = self.face = self.tracker.update(image, index, t)
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         step = self.last_step = self.spotter.update(
-            gray, index, t, face.box if face else None, face.landmarks if face else None)
+            gray, index, t, face.box if face else None, face.landmarks if face else None,
+            face.depth if face else None)
         self.stats.frames += 1
         if face is not None:
             self.stats.face_frames += 1

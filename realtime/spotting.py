@@ -3,11 +3,15 @@
 Three parts, each usable and tested on its own:
 
 1. `MotionScorer` (what moved, where): every frame j gets one dense flow from frame j to frame
-   j + gap (about 0.27 s later), on a small grayscale crop of the face in frame j's box. Global
-   motion is removed twice: a robust affine fit gives the head's own motion (reported, used to
-   reject fast turns), and a local high-pass (the flow minus its normalised Gaussian blur over the
-   face) removes whatever varies smoothly across the face, which includes most of the parallax of
-   an out-of-plane head rotation. What is left is averaged as a VECTOR in ~14 small regions placed
+   j + gap (about 0.27 s later), on a small grayscale crop of the face in frame j's box. The face's
+   own movement is modelled and removed first: a robust fit to a coarse flow, quadratic in x, y
+   plus a term in MediaPipe's per-landmark depth (a rotating head moves the nose more than the
+   cheeks: that parallax is linear in depth), warps the second crop before the fine flow and is
+   subtracted after it. A local high-pass (the flow minus its normalised Gaussian blur over the
+   face) then removes whatever smooth movement is left. The jaw's movement (a ramp from the upper
+   lip to the chin, fitted to what the head's model leaves) is measured on every flow: a jaw that
+   keeps working is speech. The head's rigid motion (robust affine fit) is reported and used to
+   reject fast turns. What is left is averaged as a VECTOR in ~14 small regions placed
    on the facial landmarks of the action units that micro-expressions use (brows, glabella, nose
    wings, lip corners, lips, chin, cheeks): noise cancels in the mean, a coherent local movement
    does not.
@@ -22,7 +26,10 @@ Three parts, each usable and tested on its own:
 3. `IntervalMachine`: an explicit IDLE -> OPEN -> (emit | reject) -> REFRACTORY state machine over
    the best region's score / threshold. An open candidate is rejected when most regions fire
    together (lighting, global shake), when the head turns fast, or when it is a blink (upper lids
-   moving down, brows and cheeks then ignored). One spot per event: the candidate keeps its
+   moving down, brows and cheeks then ignored). While the person talks (the lips' landmarks open
+   and close, or the jaw moved on several flows of the second before) the mouth regions need
+   `talk_factor` times their threshold, and a mouth region must beat `busy_isolation` times its
+   own maximum of the 1.2 s before. One spot per event: the candidate keeps its
    maximum and the machine is refractory for a while after an emit (non-maximum suppression).
    The interval is measured on the firing region's own displacement profile from the neutral frame
    before it (a few extra flows, once per event), classified micro (<= max_micro_ms) or macro, and
@@ -68,6 +75,7 @@ UPPER_LIDS = (159, 386)
 EYE_RINGS = ((33, 133, 159, 145, 160, 144, 158, 153), (263, 362, 386, 374, 387, 373, 385, 380))
 MOUTH_REGIONS = ("lip_corner_r", "lip_corner_l", "upper_lip", "lower_lip", "chin")
 UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
+CHIN_TIP, BROW_MID = 152, 9
 # the two-pass flow's coarse pass (half size): a fast, robust estimate of the face's smooth movement
 COARSE_FLOW = {"pyr_scale": 0.5, "levels": 3, "winsize": 9, "iterations": 2, "poly_n": 5, "poly_sigma": 1.1, "flags": 0}
 MAD_SCALE = 1.4826  # MAD -> standard deviation for normal noise
@@ -79,11 +87,13 @@ class SpotterConfig:
     flow_size: int = 112  # side of the grayscale face crop the flow runs on
     flow_backend: str = "farneback"  # any slstt.preprocess.flow backend (Farneback: best sub-pixel SNR)
     # Farneback with a smaller window than the paper's 15 px: a micro-movement is a few px wide here
-    flow_params: dict[str, Any] = field(default_factory=lambda: {"winsize": 9, "poly_sigma": 1.1})
+    flow_params: dict[str, Any] = field(default_factory=lambda: {"winsize": 7, "poly_sigma": 1.1})
     gap_s: float = 0.25  # rise-and-return half window: flows span this many seconds
     highpass: float = 0.12  # local motion compensation: Gaussian sigma as a fraction of the crop
     region_radius: float = 0.04  # smoothing of the movement field (Gaussian sigma) as a fraction of the crop
     align: str = "flow"  # flow | none: remove the face's smooth movement before the fine flow
+    depth_model: bool = True  # the face's movement model includes MediaPipe's depth (parallax of head rotation)
+    subtract_model: bool = True  # remove the fitted model (head, parallax) before the local high-pass
     zone_radius: float = 0.09  # a region's movement may peak this far from its landmarks (fraction of the crop)
     window_s: float = 5.0  # trailing window of each region's adaptive threshold
     threshold_k: float = 5.0  # threshold = median + k * MAD of the region's idle scores
@@ -97,7 +107,13 @@ class SpotterConfig:
     blink_gate: float = 0.5  # px of upper-lid downward movement that marks a blink
     talk_window_s: float = 1.0  # the lips' opening over this window tells talking
     talk_opening: float = 0.03  # lips opening and closing by more than this fraction of the crop: talking
+    talk_jaw: float = 0.8  # px (flow crop) of fitted jaw movement per gap that counts as the jaw working (0: off)
+    talk_count: int = 4  # ... on this many flows of the talk window before a candidate: talking
+    talk_factor: float = 2.5  # while talking the mouth regions' ratios are divided by this (0: ignored)
     isolation: float = 1.5  # a region must score this many times its own maximum of the 0.3 s before
+    busy_window_s: float = 1.2  # a region that moved within this long before a candidate is busy (talking, fidgeting)
+    busy_isolation: float = 2.0  # ... and must then score this many times its maximum of that window (0: off)
+    busy_mouth_only: bool = True  # the busy rule applies to the mouth regions only
     head_leak: float = 0.15  # thresholds rise by this fraction of the head's own rise-and-return
     blink_factor: float = 2.0  # during a blink the other regions need this many times their threshold
     refractory_s: float = 0.3  # no new candidate this soon after an emitted event
@@ -161,13 +177,14 @@ class FrameMotion:
     field: np.ndarray | None = None  # (g, g, 2) smoothed high-passed flow on a coarse grid
     geometry: RegionGeometry | None = None  # frame index's regions (zones on the coarse grid)
     head_vector: np.ndarray | None = None  # the head's mean movement (px)
+    jaw: float = 0.0  # the jaw's opening or closing (px, fitted movement of the chin below the mouth line)
 
 
 class RegionGeometry:
     """Landmark-placed Gaussian windows on the flow crop of one box, plus the face mask."""
 
     def __init__(self, box: CropBox, landmarks: np.ndarray, size: int, regions: tuple[str, ...],
-                 radius: float, zone: float) -> None:
+                 radius: float, zone: float, depth: np.ndarray | None = None) -> None:
         side = int(box.side)
         scale = size / side
         x0, y0 = int(round(box.cx - side / 2)), int(round(box.cy - side / 2))  # as apply_crop rounds
@@ -210,6 +227,37 @@ class RegionGeometry:
         for i in UPPER_LIDS:
             cv2.circle(lids, (int(pts[i, 0]), int(pts[i, 1])), max(2, int(sigma)), 1.0, -1)
         self.lids = lids / max(lids.sum(), 1.0)
+        self.depth: np.ndarray | None = None
+        if depth is not None and (dense := self._dense(pts, depth * scale, size)) is not None and self.mask.any():
+            self.depth = ((dense - float(np.median(dense[self.mask > 0]))) / size).astype(np.float32)
+        self.jaw = self._jaw_map(pts, size)
+        self.model_design: tuple[np.ndarray, np.ndarray] | None = None  # (grid design, full design), lazily
+
+    @staticmethod
+    def _dense(pts: np.ndarray, values: np.ndarray, size: int) -> np.ndarray | None:
+        """A dense map on the crop interpolated from per-landmark values (normalised Gaussian splats)."""
+        xi, yi = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
+        ok = (xi >= 0) & (xi < size) & (yi >= 0) & (yi < size) & np.isfinite(values)
+        if ok.sum() < 50:
+            return None
+        acc = np.zeros((size, size), np.float32)
+        cnt = np.zeros((size, size), np.float32)
+        np.add.at(acc, (yi[ok], xi[ok]), values[ok].astype(np.float32))
+        np.add.at(cnt, (yi[ok], xi[ok]), 1.0)
+        fine = cv2.GaussianBlur(acc, (0, 0), 0.03 * size), cv2.GaussianBlur(cnt, (0, 0), 0.03 * size)
+        wide = cv2.GaussianBlur(acc, (0, 0), 0.12 * size), cv2.GaussianBlur(cnt, (0, 0), 0.12 * size)
+        return np.where(fine[1] > 0.02, fine[0] / np.maximum(fine[1], 1e-6), wide[0] / np.maximum(wide[1], 1e-6))
+
+    @staticmethod
+    def _jaw_map(pts: np.ndarray, size: int) -> np.ndarray | None:
+        """Where an opening jaw moves the face: a ramp from 0 at the upper lip to 1 at the chin."""
+        up = (pts[BROW_MID] - pts[CHIN_TIP]).astype(np.float64)
+        up /= max(float(np.hypot(*up)), 1e-6)
+        height = pts @ up  # along the face's up axis
+        lip, chin = float(height[UPPER_INNER_LIP]), float(height[CHIN_TIP])
+        below = np.clip((lip - height) / max(lip - chin, 1e-3), 0.0, 1.0)
+        dense = RegionGeometry._dense(pts, below, size)
+        return None if dense is None else dense.astype(np.float32)
 
 
 class MotionScorer:
@@ -217,7 +265,8 @@ class MotionScorer:
 
     def __init__(self, cfg: SpotterConfig, gap: int, size: int, regions: tuple[str, ...], highpass: float) -> None:
         self.cfg, self.gap, self.size, self.regions = cfg, gap, size, regions
-        self._frames: deque[tuple[int, np.ndarray, CropBox | None, np.ndarray | None]] = deque(maxlen=gap + 1)
+        self._frames: deque[tuple[int, np.ndarray, CropBox | None, np.ndarray | None, np.ndarray | None]] = deque(
+            maxlen=gap + 1)
         self._geometry: dict[int, RegionGeometry] = {}  # by box and landmarks
         s = size
         ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
@@ -235,16 +284,27 @@ class MotionScorer:
         self.coarse_field = False  # also return the smoothed high-passed field (the micro scorer)
         self.last_field: np.ndarray | None = None
         self.last_head_vector = np.zeros(2)
+        self.last_jaw = 0.0
 
-    def geometry(self, box: CropBox, landmarks: np.ndarray) -> RegionGeometry:
-        key = hash((box.cx, box.cy, box.side, landmarks.tobytes()))  # by content: ids of freed arrays recur
-        geo = self._geometry.get(key)
+    def geometry(self, box: CropBox, landmarks: np.ndarray, depth: np.ndarray | None = None) -> RegionGeometry:
+        if not self.cfg.depth_model:
+            depth = None
+        key = hash((box.cx, box.cy, box.side, landmarks.tobytes(), None if depth is None else depth.tobytes()))
+        geo = self._geometry.get(key)  # by content: ids of freed arrays recur
         if geo is None:
             if len(self._geometry) > 4 * (self.gap + 2):
                 self._geometry.clear()
             geo = self._geometry[key] = RegionGeometry(box, landmarks, self.size, self.regions, self.cfg.region_radius,
-                                                              self.cfg.zone_radius)
+                                                       self.cfg.zone_radius, depth)
         return geo
+
+    def model_design(self, geo: RegionGeometry) -> tuple[np.ndarray, np.ndarray]:
+        """Design of the face-movement model: quadratic in x, y (+ depth: a rotating head's parallax)."""
+        if geo.model_design is None:
+            extra = [] if geo.depth is None else [geo.depth]
+            geo.model_design = (np.column_stack([self._qdesign] + [e[self._grid].reshape(-1) for e in extra]),
+                                np.column_stack([self._qfull] + [e.reshape(-1) for e in extra]).astype(np.float32))
+        return geo.model_design
 
     def crop(self, gray: np.ndarray, box: CropBox) -> np.ndarray:
         return cv2.resize(apply_crop(gray, box), (self.size, self.size), interpolation=cv2.INTER_AREA)
@@ -253,7 +313,8 @@ class MotionScorer:
         """Dense flow at frame a's crop pixels pointing to where they are in frame b."""
         return compute_flow(self.crop(a, box), self.crop(b, box), self.cfg.flow_backend, self.cfg.flow_params)
 
-    def reduce(self, flow: np.ndarray, geo: RegionGeometry) -> tuple[dict[str, np.ndarray], float, float]:
+    def reduce(self, flow: np.ndarray, geo: RegionGeometry,
+               model: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], float, float]:
         """(region vectors of the high-passed flow, lids' downward movement, head motion)."""
         m = geo.mask
         fx, fy = flow[..., 0], flow[..., 1]
@@ -275,6 +336,8 @@ class MotionScorer:
         if geo.blurred_mask is None:  # once per box: the mask's blur normalises the flow's blur
             geo.blurred_mask = cv2.GaussianBlur(m, (0, 0), self._sigma) + 1e-6
         den = geo.blurred_mask
+        if model is not None:  # what the face's movement model explains is not local movement
+            fx, fy = fx - model[..., 0], fy - model[..., 1]
         bx = cv2.GaussianBlur(fx * m, (0, 0), self._sigma) / den
         by = cv2.GaussianBlur(fy * m, (0, 0), self._sigma) / den
         rx, ry = fx - bx, fy - by
@@ -289,47 +352,56 @@ class MotionScorer:
         return vectors, eyes, head
 
     def update(self, gray: np.ndarray, index: int, box: CropBox | None,
-               landmarks: np.ndarray | None) -> FrameMotion | None:
+               landmarks: np.ndarray | None, depth: np.ndarray | None = None) -> FrameMotion | None:
         """Store frame `index`; returns the movement of frame index - gap (None if it had no face)."""
         if box is not None and box.angle != 0.0:  # an 'aligned' training box: spotting needs no rotation
             box = CropBox(box.cx, box.cy, box.side)
-        self._frames.append((index, gray, box, landmarks))
+        self._frames.append((index, gray, box, landmarks, depth))
         if len(self._frames) <= self.gap or index % self.stride:
             return None
-        j, old, jbox, jlm = self._frames[0]
+        j, old, jbox, jlm, jdepth = self._frames[0]
         if j != index - self.gap or jbox is None or jlm is None:
             return None
-        geo = self.geometry(jbox, jlm)
+        geo = self.geometry(jbox, jlm, jdepth)
+        model, self.last_jaw = None, 0.0
         if self.cfg.align == "flow":
-            flow = self.two_pass_flow(self.crop(old, jbox), self.crop(gray, jbox), geo)
+            flow, model = self.two_pass_flow(self.crop(old, jbox), self.crop(gray, jbox), geo)
         else:
             flow = self.flow(old, gray, jbox)
-        vectors, eyes, head = self.reduce(flow, geo)
-        return FrameMotion(j, vectors, eyes, head, self.last_field, geo, self.last_head_vector)
+        vectors, eyes, head = self.reduce(flow, geo, model if self.cfg.subtract_model else None)
+        return FrameMotion(j, vectors, eyes, head, self.last_field, geo, self.last_head_vector, self.last_jaw)
 
-    def two_pass_flow(self, a: np.ndarray, b: np.ndarray, geo: RegionGeometry) -> np.ndarray:
-        """Flow a -> b measured after removing the face's smooth movement: a fast coarse flow gives a
-        quadratic motion model of the face (robust fit), b is warped back by it, the fine flow measures
-        what is left (small, so precise), and the model is added back."""
+    def two_pass_flow(self, a: np.ndarray, b: np.ndarray, geo: RegionGeometry) -> tuple[np.ndarray, np.ndarray | None]:
+        """(flow a -> b, the face-movement model in it). A fast coarse flow gives a model of the face's
+        own movement (robust fit: quadratic in x, y plus depth for a rotating head's parallax), b is
+        warped back by it, the fine flow measures what is left (small, so precise), and the model is
+        added back. The jaw's movement is measured on what the model leaves (last_jaw)."""
         s = self.size
         half = s // 2
         small = compute_flow(cv2.resize(a, (half, half), interpolation=cv2.INTER_AREA),
                              cv2.resize(b, (half, half), interpolation=cv2.INTER_AREA), "farneback",
                              COARSE_FLOW) * 2.0
-        keep = geo.mask[self._grid].reshape(-1) > 0
+        face = keep = geo.mask[self._grid].reshape(-1) > 0
         target = cv2.resize(small, (s, s), interpolation=cv2.INTER_LINEAR)[self._grid].reshape(-1, 2)
-        q = self._qdesign
+        q, qfull = self.model_design(geo)
         if keep.sum() < 12:
-            return compute_flow(a, b, self.cfg.flow_backend, self.cfg.flow_params)
+            return compute_flow(a, b, self.cfg.flow_backend, self.cfg.flow_params), None
         for _ in range(2):
             coef, *_ = np.linalg.lstsq(q[keep], target[keep], rcond=None)
             res = np.linalg.norm(q @ coef - target, axis=1)
             keep = keep & (res <= np.quantile(res[keep], 0.7))
-        model = (self._qfull @ coef).reshape(s, s, 2).astype(np.float32)
+        model = (qfull @ coef).reshape(s, s, 2).astype(np.float32)
         grid_x, grid_y = self._full
         warped = cv2.remap(b, grid_x + model[..., 0], grid_y + model[..., 1], cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE)
-        return compute_flow(a, warped, self.cfg.flow_backend, self.cfg.flow_params) + model
+        flow = compute_flow(a, warped, self.cfg.flow_backend, self.cfg.flow_params) + model
+        if geo.jaw is not None:  # the chin's movement that the head's model does not explain
+            ramp = geo.jaw[self._grid].reshape(-1)[face]
+            qf = q[face]
+            ramp = ramp - qf @ np.linalg.lstsq(qf, ramp, rcond=None)[0]  # its part no head movement makes
+            jaw = ramp @ (target[face] - qf @ coef) / max(float(ramp @ ramp), 1e-9)
+            self.last_jaw = float(np.hypot(*jaw))
+        return flow, model
 
 
 def rise_return_score(v1: np.ndarray, v2: np.ndarray) -> float:
@@ -503,6 +575,7 @@ class Spotter:
         self._blinks: deque[int] = deque(maxlen=64)  # candidate frames inside a blink (lids down and up)
         self._micro_apexes: deque[int] = deque(maxlen=16)
         self._score_history: dict[int, dict[str, float]] = {}
+        self._busy_frames = max(2 * self.gap + 5, round(c.busy_window_s * fps))
         self._mouth: deque[tuple[int, float]] = deque(maxlen=max(4, round(c.talk_window_s * fps)))
         self.rejected: list[Decision] = []  # recent rejections (for diagnostics), bounded
         self.threshold, self.low = 1.0, c.low_ratio
@@ -624,11 +697,20 @@ class Spotter:
                 past[name] = max(past.get(name, 0.0), value)
         ratios = {name: (v / (self.thresholds[name] + bar) if v > self.cfg.isolation * past.get(name, 0.0) else 0.0)
                   for name, v in scores.items()}
+        if self.cfg.busy_isolation > 0:
+            early: dict[str, float] = {}
+            for j in range(c - self._busy_frames, c - 2 * self.gap - 4):
+                for name, value in self._score_history.get(j, {}).items():
+                    early[name] = max(early.get(name, 0.0), value)
+            ratios = {name: (0.0 if (not self.cfg.busy_mouth_only or name in MOUTH_REGIONS)
+                             and scores[name] <= self.cfg.busy_isolation * early.get(name, 0.0) else r)
+                      for name, r in ratios.items()}
         self._score_history[c] = scores
-        for old in [j for j in self._score_history if j < c - 3 * self.gap]:
+        for old in [j for j in self._score_history if j < c - max(3 * self.gap, self._busy_frames)]:
             del self._score_history[old]
-        if self._talking(c):  # the jaw is working: the mouth's own movements are speech, not evidence
-            ratios = {k: (0.0 if k in MOUTH_REGIONS else v) for k, v in ratios.items()}
+        if self._talking(c):  # the jaw is working: the mouth's own movements are mostly speech
+            f = self.cfg.talk_factor
+            ratios = {k: ((v / f if f > 0 else 0.0) if k in MOUTH_REGIONS else v) for k, v in ratios.items()}
         recent = c - self.gap
         macro = frozenset(k for k, last in self._macro_active.items() if last >= recent)
         return Candidate(c, ratios, scores, max(now.head, before.head), blink, macro, peaks)
@@ -637,7 +719,15 @@ class Spotter:
         """The lips opened and closed by more than talk_opening (fraction of the crop) within
         talk_window_s around the candidate: speech (or chewing), seen on the tracked landmarks."""
         near = [v for i, v in self._mouth if c - len(self._mouth) <= i <= c + self.gap]
-        return len(near) >= 3 and max(near) - min(near) > self.cfg.talk_opening
+        if len(near) >= 3 and max(near) - min(near) > self.cfg.talk_opening:
+            return True
+        if self.cfg.talk_jaw <= 0:
+            return False
+        # the jaw's fitted movement on the flows before the candidate's own rise (MediaPipe's lips
+        # follow a small opening poorly; the flow sees it)
+        window = range(c - round(self.cfg.talk_window_s * self.fps), c - 2 * self.gap - 1)
+        working = sum(m.jaw > self.cfg.talk_jaw for j in window if (m := self._motion.get(j)) is not None)
+        return working >= self.cfg.talk_count
 
     def _profile_interval(self, d: Decision, index: int) -> Interval | None:
         """Measure the event on the firing region's displacement from the frame before it."""
@@ -704,11 +794,12 @@ class Spotter:
 
     # --- per frame ------------------------------------------------------------------------------
     def update(self, gray: np.ndarray, index: int, t: float, box: CropBox | None,
-               landmarks: np.ndarray | None) -> SpotStep:
+               landmarks: np.ndarray | None, depth: np.ndarray | None = None) -> SpotStep:
+        """depth: MediaPipe's (478,) relative landmark depth (FaceState.depth); optional."""
         c = self.cfg
         self._remember(index, gray, box, landmarks, t)
         closed: list[Interval] = []
-        motion = self.scorer.update(gray, index, box, landmarks)
+        motion = self.scorer.update(gray, index, box, landmarks, depth)
         if motion is not None:
             self._motion[motion.index] = motion
         if landmarks is not None and box is not None:  # how far the lips are apart (talking)

@@ -67,6 +67,7 @@ class FaceState:
     box: CropBox  # crop box of the smoothed landmarks (training recipe)
     detected_index: int  # frame of the last landmarker detection
     fresh: bool  # landmarks were updated on this frame
+    depth: np.ndarray | None = None  # (478,) MediaPipe's relative depth of the last detection (px, nearer = smaller)
 
 
 class FaceTracker:
@@ -108,7 +109,7 @@ class FaceTracker:
             box = crop_box(smooth, self.cfg.recipe)
         except Exception:  # degenerate landmarks: keep the previous state
             return self.state
-        self.state = FaceState(smooth, box, index, True)
+        self.state = FaceState(smooth, box, index, True, self.landmarker.last_depth)
         self.last_seen_t, self.no_face_since = t, None
         self._boxes.append((index, box))
         return self.state

@@ -179,3 +179,74 @@ def test_spotter_stays_quiet_on_head_motion_without_expressions(face):
         frames.append((render(img, shift), moved_landmarks(lm, shift)))
     events = _spot(frames)
     assert [e for e in events if e.kind == "micro"] == []
+
+
+# --- the face's movement model: parallax of a rotating head, the jaw -------------------------------
+@pytest.fixture(scope="module")
+def turning_head():
+    """Webcam-generator frames of one 3-D head (no lighting, noise or events): 0 neutral, 1 yawed 3
+    degrees, 2 neutral with the jaw opened by 4 % of the face; MediaPipe's landmarks and depth of
+    frame 0, the jaw's opening in px."""
+    from slstt.data import webcam
+    from slstt.preprocess.face import FaceLandmarker
+
+    plan, scene = webcam.plan_webcam_video(7, duration_s=2.0, n_micro=0, face_px=200)
+    plan.events = []
+    plan.head[:] = plan.head[0]
+    plan.head[:, :3] = 0.0
+    plan.head[1, 0] = 3.0
+    plan.jaw[:] = 0.0
+    plan.jaw[2] = 0.04 * plan.face_px
+    frames = webcam.render_frames(plan, scene, [0, 1, 2], micro=False, camera=False)
+    with FaceLandmarker() as landmarker:
+        lm = landmarker.detect(frames[0])
+        depth = landmarker.last_depth
+    assert lm is not None and depth is not None and depth.shape == (478,)
+    return [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames], lm, depth, float(plan.jaw[2])
+
+
+def _motion(cfg: SpotterConfig, frames, lm, depth, first: int, last: int):
+    scorer = MotionScorer(cfg, gap=last - first, size=cfg.flow_size, regions=DEFAULT_REGIONS, highpass=cfg.highpass)
+    scorer.coarse_field = True
+    box = crop_box(lm)
+    motion = None
+    for i in range(first, last + 1):
+        motion = scorer.update(frames[i], i, box, lm, depth)
+    assert motion is not None and motion.field is not None and motion.geometry is not None
+    peaks = {n: float(np.hypot(motion.field[..., 0], motion.field[..., 1])[z].max()) for n, z in motion.geometry.zones.items()}
+    return motion, peaks, cfg.flow_size / box.side
+
+
+def test_depth_model_removes_most_of_a_head_rotations_parallax(turning_head):
+    frames, lm, depth, _ = turning_head
+    _, flat, _ = _motion(SpotterConfig(depth_model=False), frames, lm, depth, 0, 1)
+    _, with_depth, _ = _motion(SpotterConfig(), frames, lm, depth, 0, 1)
+    # a 3 degree yaw moves the nose ~1 px more than the cheeks on the crop: 2-D models leave it behind
+    assert max(flat.values()) > 0.3
+    assert max(with_depth.values()) < 0.75 * max(flat.values()), (flat, with_depth)
+
+
+def test_jaw_movement_is_measured_and_a_head_turn_is_not_a_jaw(turning_head):
+    frames, lm, depth, jaw_px = turning_head
+    opened, _, scale = _motion(SpotterConfig(), frames, lm, depth, 0, 2)  # frame 2: the jaw opened
+    turned, _, _ = _motion(SpotterConfig(), frames, lm, depth, 0, 1)  # frame 1: the head turned
+    assert 0.5 * jaw_px * scale < opened.jaw < 2.0 * jaw_px * scale, (opened.jaw, jaw_px * scale)
+    assert turned.jaw < 0.25 * opened.jaw, (turned.jaw, opened.jaw)
+
+
+def test_talking_is_the_jaw_working_repeatedly_before_a_candidate_not_one_movement():
+    from slstt.realtime.spotting import FrameMotion
+
+    cfg = SpotterConfig()
+    c = 100
+
+    def spotter_with(jaw_frames: set[int]) -> Spotter:
+        spotter = Spotter(cfg, FPS)
+        for j in range(c - 40, c + 1):
+            spotter._motion[j] = FrameMotion(j, {}, 0.0, 0.0, jaw=2 * cfg.talk_jaw if j in jaw_frames else 0.1)
+        return spotter
+
+    syllables = {j for j in range(c - 30, c - 17) if j % 3 == 0}  # the jaw moved on every third flow
+    assert spotter_with(syllables)._talking(c)
+    assert not spotter_with({c - 20})._talking(c)  # one earlier movement is not speech
+    assert not spotter_with(set(range(c - 16, c + 1)))._talking(c)  # the candidate's own movement does not count

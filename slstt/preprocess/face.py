@@ -146,6 +146,7 @@ class FaceLandmarker:
         self.video = video
         self.model_path = path
         self._last_ts = -1
+        self.last_depth: np.ndarray | None = None  # (478,) depth of the last detection (px; nearer = smaller)
         self._quiet_calls = 1  # the first inference logs native chatter too
         # Close before interpreter teardown (mediapipe's own __del__ fails at shutdown).
         self._finalizer = weakref.finalize(self, _close_quietly, self._task)
@@ -173,11 +174,13 @@ class FaceLandmarker:
             else:
                 result = self._task.detect(image)
         if not result.face_landmarks:
+            self.last_depth = None
             return None
         h, w = rgb.shape[:2]
-        points = np.array([(p.x, p.y) for p in result.face_landmarks[0]], dtype=np.float32)
-        points *= np.array([w, h], dtype=np.float32)
-        return points
+        xyz = np.array([(p.x, p.y, p.z) for p in result.face_landmarks[0]], dtype=np.float32)
+        # MediaPipe's z is relative depth on the scale of the image width (the spotter models parallax with it)
+        self.last_depth = xyz[:, 2] * np.float32(w)
+        return xyz[:, :2] * np.array([w, h], dtype=np.float32)
 
     def close(self) -> None:
         self._finalizer()
