@@ -190,7 +190,7 @@ CALIBRATE_OPTION = typer.Option(0.0, "--calibrate", metavar="SECONDS",
                                 "(threshold floor); 0-3600, 0 = off.")
 THRESHOLD_K_OPTION = typer.Option(None, "--threshold-k", help="Each region's threshold = median + k * MAD of its "
                                   "recent motion (> 0; default: the spotter's).")
-MIN_MICRO_OPTION = typer.Option(None, "--min-micro-ms", help="Shorter intervals are ignored (default 100).")
+MIN_MICRO_OPTION = typer.Option(None, "--min-micro-ms", help="Shorter measured intervals are widened to this (default 100).")
 MAX_MICRO_OPTION = typer.Option(None, "--max-micro-ms", help="Longer intervals are macro (default 500, at most 2000).")
 LANDMARK_EVERY_OPTION = typer.Option(3, "--landmark-every", help="Run the face landmarker every k-th frame (1-1000).")
 OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace output files left by an earlier run "

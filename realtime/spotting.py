@@ -96,11 +96,11 @@ class SpotterConfig:
     subtract_model: bool = True  # remove the fitted model (head, parallax) before the local high-pass
     zone_radius: float = 0.09  # a region's movement may peak this far from its landmarks (fraction of the crop)
     window_s: float = 5.0  # trailing window of each region's adaptive threshold
-    threshold_k: float = 5.0  # threshold = median + k * MAD of the region's idle scores
+    threshold_k: float = 4.0  # threshold = median + k * MAD of the region's idle scores
     min_threshold: float = 0.12  # px on the flow crop; floor for very still, noise-free video
     low_ratio: float = 0.5  # a candidate ends when the best ratio falls below this
     edge_ratio: float = 0.25  # interval boundaries: profile below this fraction of its peak
-    min_micro_ms: float = 100.0  # shorter intervals are noise and dropped
+    min_micro_ms: float = 100.0  # shorter measured intervals are widened to this
     max_micro_ms: float = 500.0  # longer: macro
     max_fire_fraction: float = 0.7  # reject when more than this fraction of regions fire together
     head_fast: float = 8.0  # px of head motion per gap (on the crop) above which candidates are rejected
@@ -109,8 +109,8 @@ class SpotterConfig:
     talk_opening: float = 0.03  # lips opening and closing by more than this fraction of the crop: talking
     talk_jaw: float = 0.8  # px (flow crop) of fitted jaw movement per gap that counts as the jaw working (0: off)
     talk_count: int = 4  # ... on this many flows of the talk window before a candidate: talking
-    talk_factor: float = 2.5  # while talking the mouth regions' ratios are divided by this (0: ignored)
-    isolation: float = 1.5  # a region must score this many times its own maximum of the 0.3 s before
+    talk_factor: float = 4.0  # while talking the mouth regions' ratios are divided by this (0: ignored)
+    isolation: float = 2.5  # a region must score this many times its own maximum of the 0.3 s before
     busy_window_s: float = 1.2  # a region that moved within this long before a candidate is busy (talking, fidgeting)
     busy_isolation: float = 2.0  # ... and must then score this many times its maximum of that window (0: off)
     busy_mouth_only: bool = True  # the busy rule applies to the mouth regions only
@@ -772,11 +772,19 @@ class Spotter:
         hi = k
         while hi < len(prof) - 1 and prof[hi + 1] > edge:
             hi += 1
-        onset, apex, offset = frames[max(lo - 1, 0)], frames[k], frames[min(hi + 1, len(frames) - 1)]
+        lo, hi = max(lo - 1, 0), min(hi + 1, len(frames) - 1)
+        # a very brief movement (a few frames) that scored above threshold: widen its interval to the
+        # shortest one reported, alternately on either side of the apex
+        while (self.time_of(frames[hi]) - self.time_of(frames[lo])) * 1000.0 < self.cfg.min_micro_ms:
+            if (hi - k <= k - lo or lo == 0) and hi < len(frames) - 1:
+                hi += 1
+            elif lo > 0:
+                lo -= 1
+            else:
+                return None
+        onset, apex, offset = frames[lo], frames[k], frames[hi]
         onset_s, offset_s = self.time_of(onset), self.time_of(offset)
         dur_ms = (offset_s - onset_s) * 1000.0
-        if dur_ms < self.cfg.min_micro_ms:
-            return None
         kind = "micro" if dur_ms <= self.cfg.max_micro_ms else "macro"
         region_ratios = {r: round(v, 3) for r, v in sorted(d.apex.ratios.items(), key=lambda kv: -kv[1])[:4]}
         return Interval(onset, apex, offset, onset_s, self.time_of(apex), offset_s, kind,
