@@ -96,7 +96,7 @@ class SpotterConfig:
     subtract_model: bool = True  # remove the fitted model (head, parallax) before the local high-pass
     zone_radius: float = 0.09  # a region's movement may peak this far from its landmarks (fraction of the crop)
     window_s: float = 5.0  # trailing window of each region's adaptive threshold
-    threshold_k: float = 4.0  # threshold = median + k * MAD of the region's idle scores
+    threshold_k: float = 4.5  # threshold = median + k * MAD of the region's idle scores
     min_threshold: float = 0.12  # px on the flow crop; floor for very still, noise-free video
     low_ratio: float = 0.5  # a candidate ends when the best ratio falls below this
     edge_ratio: float = 0.25  # interval boundaries: profile below this fraction of its peak
@@ -110,7 +110,7 @@ class SpotterConfig:
     talk_jaw: float = 0.8  # px (flow crop) of fitted jaw movement per gap that counts as the jaw working (0: off)
     talk_count: int = 4  # ... on this many flows of the talk window before a candidate: talking
     talk_factor: float = 4.0  # while talking the mouth regions' ratios are divided by this (0: ignored)
-    isolation: float = 2.5  # a region must score this many times its own maximum of the 0.3 s before
+    isolation: float = 2.0  # a region must score this many times its own maximum of the 0.3 s before
     busy_window_s: float = 1.2  # a region that moved within this long before a candidate is busy (talking, fidgeting)
     busy_isolation: float = 2.0  # ... and must then score this many times its maximum of that window (0: off)
     busy_mouth_only: bool = True  # the busy rule applies to the mouth regions only
