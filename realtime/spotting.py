@@ -236,21 +236,18 @@ class RegionGeometry:
 
     @staticmethod
     def _dense(pts: np.ndarray, values: np.ndarray, size: int) -> np.ndarray | None:
-        """A dense map on the crop interpolated from per-landmark values (normalised Gaussian splats,
-        at half resolution: the maps are smooth)."""
-        half = max(size // 2, 8)
-        xi, yi = np.round(pts[:, 0] * half / size).astype(int), np.round(pts[:, 1] * half / size).astype(int)
-        ok = (xi >= 0) & (xi < half) & (yi >= 0) & (yi < half) & np.isfinite(values)
+        """A dense map on the crop interpolated from per-landmark values (normalised Gaussian splats)."""
+        xi, yi = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
+        ok = (xi >= 0) & (xi < size) & (yi >= 0) & (yi < size) & np.isfinite(values)
         if ok.sum() < 50:
             return None
-        acc = np.zeros((half, half), np.float32)
-        cnt = np.zeros((half, half), np.float32)
+        acc = np.zeros((size, size), np.float32)
+        cnt = np.zeros((size, size), np.float32)
         np.add.at(acc, (yi[ok], xi[ok]), values[ok].astype(np.float32))
         np.add.at(cnt, (yi[ok], xi[ok]), 1.0)
-        fine = cv2.GaussianBlur(acc, (0, 0), 0.03 * half), cv2.GaussianBlur(cnt, (0, 0), 0.03 * half)
-        wide = cv2.GaussianBlur(acc, (0, 0), 0.12 * half), cv2.GaussianBlur(cnt, (0, 0), 0.12 * half)
-        dense = np.where(fine[1] > 0.02, fine[0] / np.maximum(fine[1], 1e-6), wide[0] / np.maximum(wide[1], 1e-6))
-        return cv2.resize(dense.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+        fine = cv2.GaussianBlur(acc, (0, 0), 0.03 * size), cv2.GaussianBlur(cnt, (0, 0), 0.03 * size)
+        wide = cv2.GaussianBlur(acc, (0, 0), 0.12 * size), cv2.GaussianBlur(cnt, (0, 0), 0.12 * size)
+        return np.where(fine[1] > 0.02, fine[0] / np.maximum(fine[1], 1e-6), wide[0] / np.maximum(wide[1], 1e-6))
 
     @staticmethod
     def _jaw_map(pts: np.ndarray, size: int) -> np.ndarray | None:
