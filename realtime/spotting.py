@@ -231,8 +231,9 @@ class RegionGeometry:
         self.depth: np.ndarray | None = None
         if depth is not None and (dense := self._dense(pts, depth * scale, size)) is not None and self.mask.any():
             self.depth = ((dense - float(np.median(dense[self.mask > 0]))) / size).astype(np.float32)
-        self.jaw = self._jaw_map(pts, size)
+        self.points = pts  # landmarks on the crop
         self.model_design: tuple[np.ndarray, np.ndarray] | None = None  # (grid design, full design), lazily
+        self.jaw_ramp: np.ndarray | None = None  # the jaw's ramp on the face's grid points, lazily (empty: none)
 
     @staticmethod
     def _dense(pts: np.ndarray, values: np.ndarray, size: int) -> np.ndarray | None:
@@ -249,9 +250,9 @@ class RegionGeometry:
         wide = cv2.GaussianBlur(acc, (0, 0), 0.12 * size), cv2.GaussianBlur(cnt, (0, 0), 0.12 * size)
         return np.where(fine[1] > 0.02, fine[0] / np.maximum(fine[1], 1e-6), wide[0] / np.maximum(wide[1], 1e-6))
 
-    @staticmethod
-    def _jaw_map(pts: np.ndarray, size: int) -> np.ndarray | None:
+    def jaw_map(self, size: int) -> np.ndarray | None:
         """Where an opening jaw moves the face: a ramp from 0 at the upper lip to 1 at the chin."""
+        pts = self.points
         up = (pts[BROW_MID] - pts[CHIN_TIP]).astype(np.float64)
         up /= max(float(np.hypot(*up)), 1e-6)
         height = pts @ up  # along the face's up axis
@@ -285,6 +286,7 @@ class MotionScorer:
         self.coarse_field = False  # also return the smoothed high-passed field (the micro scorer)
         self.last_field: np.ndarray | None = None
         self.last_head_vector = np.zeros(2)
+        self.measure_jaw = True  # measure the jaw on every flow (the micro scorer; the macro scorer does not)
         self.last_jaw = 0.0
 
     def geometry(self, box: CropBox, landmarks: np.ndarray, depth: np.ndarray | None = None) -> RegionGeometry:
@@ -396,13 +398,23 @@ class MotionScorer:
         warped = cv2.remap(b, grid_x + model[..., 0], grid_y + model[..., 1], cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE)
         flow = compute_flow(a, warped, self.cfg.flow_backend, self.cfg.flow_params) + model
-        if geo.jaw is not None:  # the chin's movement that the head's model does not explain
-            ramp = geo.jaw[self._grid].reshape(-1)[face]
-            qf = q[face]
-            ramp = ramp - qf @ np.linalg.lstsq(qf, ramp, rcond=None)[0]  # its part no head movement makes
-            jaw = ramp @ (target[face] - qf @ coef) / max(float(ramp @ ramp), 1e-9)
+        ramp = self.jaw_ramp(geo, q, face) if self.measure_jaw else None
+        if ramp is not None:  # the chin's movement that the head's model does not explain
+            jaw = ramp @ (target[face] - q[face] @ coef) / max(float(ramp @ ramp), 1e-9)
             self.last_jaw = float(np.hypot(*jaw))
         return flow, model
+
+    def jaw_ramp(self, geo: RegionGeometry, q: np.ndarray, face: np.ndarray) -> np.ndarray | None:
+        """The jaw's ramp on the face's grid points, less the part any head movement of the model
+        makes (once per geometry)."""
+        if geo.jaw_ramp is None:
+            dense = geo.jaw_map(self.size)
+            if dense is None:
+                geo.jaw_ramp = np.zeros(0)
+            else:
+                ramp = dense[self._grid].reshape(-1)[face]
+                geo.jaw_ramp = ramp - q[face] @ np.linalg.lstsq(q[face], ramp, rcond=None)[0]
+        return geo.jaw_ramp if geo.jaw_ramp.size else None
 
 
 def rise_return_score(v1: np.ndarray, v2: np.ndarray) -> float:
@@ -562,6 +574,7 @@ class Spotter:
         self.macro_gap = max(self.gap + 1, round(c.macro_gap_s * fps))
         self.macro = MotionScorer(c, self.macro_gap, c.macro_flow_size, self.regions, c.macro_highpass)
         self.macro.stride = 2  # 1 s movements: every other frame is plenty
+        self.macro.measure_jaw = False
         self.thresholds = RegionThresholds(c.threshold_k, c.min_threshold, max(10, round(c.window_s * fps)))
         self.thresholds.refresh = max(1, round(fps / 10))
         self.machine = IntervalMachine(c, max_open=max(2, round(0.5 * c.max_micro_ms / 1000 * fps)),
@@ -692,17 +705,11 @@ class Spotter:
         bar = self.cfg.head_leak * head_rr
         # isolation: a micro-expression rises from calm; a region that moved as much just before it
         # (talking, chewing, fidgeting) is not evidence of one
-        past: dict[str, float] = {}
-        for j in range(c - 2 * self.gap - 4, c - self.gap + 1):
-            for name, value in self._score_history.get(j, {}).items():
-                past[name] = max(past.get(name, 0.0), value)
+        past = self._recent_max(range(c - 2 * self.gap - 4, c - self.gap + 1))
         ratios = {name: (v / (self.thresholds[name] + bar) if v > self.cfg.isolation * past.get(name, 0.0) else 0.0)
                   for name, v in scores.items()}
         if self.cfg.busy_isolation > 0:
-            early: dict[str, float] = {}
-            for j in range(c - self._busy_frames, c - 2 * self.gap - 4):
-                for name, value in self._score_history.get(j, {}).items():
-                    early[name] = max(early.get(name, 0.0), value)
+            early = self._recent_max(range(c - self._busy_frames, c - 2 * self.gap - 4))
             ratios = {name: (0.0 if (not self.cfg.busy_mouth_only or name in MOUTH_REGIONS)
                              and scores[name] <= self.cfg.busy_isolation * early.get(name, 0.0) else r)
                       for name, r in ratios.items()}
@@ -715,6 +722,14 @@ class Spotter:
         recent = c - self.gap
         macro = frozenset(k for k, last in self._macro_active.items() if last >= recent)
         return Candidate(c, ratios, scores, max(now.head, before.head), blink, macro, peaks)
+
+    def _recent_max(self, frames: range) -> dict[str, float]:
+        """Each region's highest score over candidate frames `frames`."""
+        top: dict[str, float] = {}
+        for j in frames:
+            for name, value in self._score_history.get(j, {}).items():
+                top[name] = max(top.get(name, 0.0), value)
+        return top
 
     def _talking(self, c: int) -> bool:
         """The lips opened and closed by more than talk_opening (fraction of the crop) within
