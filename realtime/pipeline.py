@@ -5,19 +5,21 @@
     for event in pipeline.run(VideoSource("clip.mp4")):          # = StreamRunner(source, pipeline)
         print(event.kind, event.label, event.region)
 
-Per frame: ring buffer <- frame; face tracker (landmarker every k frames); spotter (flow on a
-small face crop vs a causal reference). When the spotter closes a micro interval, its frames are
+Per frame: ring buffer <- frame; face tracker (landmarker every k frames) on a worker thread;
+spotter (flows on a small face crop) on the frame before, whose face is known by then. When the spotter closes a micro interval, its frames are
 copied out of the ring and queued for the recognizer thread; the event comes out of process()
 once labelled (macro events, and every event without a model, come out as soon as they close)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,9 @@ class LiveConfig:
     buffer_s: float = 3.0  # frame ring: must hold the longest micro event plus the hangover
     trace_s: float = 10.0  # score history kept for the overlay
     keep_history: bool = True  # every frame's score (analyze's timeline); off for endless live runs
+    # track frame i's face on a worker thread while frame i-1 is spotted (MediaPipe and OpenCV release
+    # the GIL, so the two share the cores); the same results, one frame later
+    parallel_tracking: bool = True
 
 
 DEVICES = ("auto", "tensorrt", "cuda", "cpu")  # onnxruntime providers of slstt.export.runtime
@@ -125,6 +130,8 @@ class LivePipeline:
         self._next_index = 0
         self._warned_no_face = False
         self._event_count = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="slstt-track") if cfg.parallel_tracking else None
+        self._tracking: tuple[Future[FaceState | None], np.ndarray, int, float] | None = None  # frame in flight
 
     # --- setup -------------------------------------------------------------------------------
     def _device_note(self) -> str | None:
@@ -157,7 +164,33 @@ class LivePipeline:
         index = self._next_index if index is None else index
         self._next_index = index + 1
         self.ring.push(Frame(index, t, image))
-        face = self.face = self.tracker.update(image, index, t)
+        if self._pool is None:
+            self._analyse(image, index, t, self.tracker.update(image, index, t))
+        else:
+            previous = self._tracked()
+            self._tracking = (self._pool.submit(self._track, image, index, t), image, index, t)
+            if previous is not None:
+                self._analyse(*previous)
+        self.stats.busy_s += time.perf_counter() - t0
+        return self._drain()
+
+    def _track(self, image: np.ndarray, index: int, t: float) -> FaceState | None:
+        """Worker thread: the tracker mutates its state on later frames, so hand out a copy."""
+        face = self.tracker.update(image, index, t)
+        return None if face is None else dataclasses.replace(face)
+
+    def _tracked(self) -> tuple[np.ndarray, int, float, FaceState | None] | None:
+        """The frame in flight on the tracking thread, once its face is known."""
+        if self._tracking is None:
+            return None
+        future, image, index, t = self._tracking
+        self._tracking = None
+        return image, index, t, future.result()
+
+    def _analyse(self, image: np.ndarray, index: int, t: float, face: FaceState | None) -> None:
+        """Spot on one tracked frame."""
+        assert self.spotter is not None
+        self.face = face
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         step = self.last_step = self.spotter.update(
             gray, index, t, face.box if face else None, face.landmarks if face else None,
@@ -178,8 +211,6 @@ class LivePipeline:
                                  step.threshold))
         for interval in step.closed:
             self._on_interval(interval)
-        self.stats.busy_s += time.perf_counter() - t0
-        return self._drain()
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -243,6 +274,9 @@ class LivePipeline:
     def finish(self, timeout: float = 60.0) -> list[SpotEvent]:
         """Close what the stream's end leaves open, wait for pending recognitions; returns the events
         finished meanwhile."""
+        previous = self._tracked()
+        if previous is not None and self.spotter is not None:
+            self._analyse(*previous)
         if self.spotter is not None:
             for interval in self.spotter.flush():
                 self._on_interval(interval)
@@ -257,6 +291,8 @@ class LivePipeline:
         return StreamRunner(source, self, [CallbackSink(on_frame=on_frame)]).events()
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         if self.recognizer is not None:
             self.recognizer.close()
         self.tracker.close()

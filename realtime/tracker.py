@@ -121,7 +121,7 @@ class FaceTracker:
     def box_at(self, index: int) -> CropBox | None:
         """The box used on frame `index` (nearest earlier frame if that one had none)."""
         best = None
-        for i, box in self._boxes:
+        for i, box in tuple(self._boxes):  # a copy: the tracking thread may be appending
             if i <= index:
                 best = box
             else:

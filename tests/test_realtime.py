@@ -211,6 +211,46 @@ def test_pipeline_copies_its_config_and_bounds_its_statistics(tiny_model):
         pipe.close()
 
 
+def test_tracking_thread_gives_the_same_spotting_one_frame_later(synth_long_video):
+    """Tracking frame i on a worker thread while frame i-1 is spotted is a speed-up only: every frame's
+    score and every event equal the one-thread pipeline's, and the worker really tracked."""
+    import threading
+
+    from slstt.realtime.pipeline import LiveConfig, LivePipeline
+
+    video, _ = synth_long_video
+    cap = cv2.VideoCapture(str(video))
+    frames = [cap.read()[1] for _ in range(300)]  # 10 s: two micro events
+    cap.release()
+    runs = {}
+    for parallel in (False, True):
+        pipe = LivePipeline(LiveConfig(parallel_tracking=parallel))
+        threads = set()
+        update = pipe.tracker.update
+
+        def spy(image, index, t, update=update, threads=threads):
+            threads.add(threading.current_thread().name)
+            return update(image, index, t)
+
+        pipe.tracker.update = spy
+        pipe.start(30.0)
+        try:
+            events, lag = [], []
+            for i, image in enumerate(frames):
+                events += pipe.process(image, i / 30.0, i)
+                lag.append(i - pipe.history[-1][0] if pipe.history else None)
+            events += pipe.finish()
+        finally:
+            pipe.close()
+        assert len(pipe.history) == len(frames) and pipe.stats.frames == len(frames)
+        runs[parallel] = ([(e.kind, e.onset_frame, e.apex_frame, e.offset_frame, e.region) for e in events], pipe.history, threads,
+                          lag)
+    assert runs[True][0] == runs[False][0] and len(runs[True][0]) >= 1
+    np.testing.assert_array_equal(np.array(runs[True][1]), np.array(runs[False][1]))  # NaN == NaN here
+    assert runs[False][2] == {threading.current_thread().name} and runs[True][2] != runs[False][2]
+    assert set(runs[False][3]) == {0} and set(runs[True][3][1:]) == {1}  # one frame later
+
+
 def test_overlay_shows_the_region_and_the_score_threshold_ratio():
     from slstt.realtime.overlay import OverlayState, event_caption, render
 
