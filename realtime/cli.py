@@ -40,11 +40,13 @@ def _check_int(option: str, value: int | None, low: int, high: int) -> None:
 
 
 def _live_config(threshold_k: float | None, min_micro_ms: float | None, max_micro_ms: float | None,
-                 calibrate: float, landmark_every: int, face_model: Path | None, device: str) -> Any:
+                 calibrate: float, landmark_every: int, face_model: Path | None, device: str,
+                 during_speech: str) -> Any:
     from slstt.realtime.pipeline import live_config
 
     return live_config(threshold_k=threshold_k, min_micro_ms=min_micro_ms, max_micro_ms=max_micro_ms,
-                       calibrate=calibrate, landmark_every=landmark_every, face_model=face_model, device=device)
+                       calibrate=calibrate, landmark_every=landmark_every, face_model=face_model, device=device,
+                       during_speech=during_speech)
 
 
 def _check_model(model: Path | None) -> None:
@@ -193,6 +195,9 @@ THRESHOLD_K_OPTION = typer.Option(None, "--threshold-k", help="Each region's thr
 MIN_MICRO_OPTION = typer.Option(None, "--min-micro-ms", help="Shorter measured intervals are widened to this (default 100).")
 MAX_MICRO_OPTION = typer.Option(None, "--max-micro-ms", help="Longer intervals are macro (default 500, at most 2000).")
 LANDMARK_EVERY_OPTION = typer.Option(3, "--landmark-every", help="Run the face landmarker every k-th frame (1-1000).")
+DURING_SPEECH_OPTION = typer.Option("penalise", "--during-speech", help="penalise: while the person talks the mouth "
+                                    "regions need more evidence; skip: no micro spots while they talk (far fewer "
+                                    "false spots, blind to expressions made while talking).")
 OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace output files left by an earlier run "
                                 "(never an input file).")
 
@@ -214,6 +219,7 @@ def live_command(
     min_micro_ms: float | None = MIN_MICRO_OPTION,
     max_micro_ms: float | None = MAX_MICRO_OPTION,
     landmark_every: int = LANDMARK_EVERY_OPTION,
+    during_speech: str = DURING_SPEECH_OPTION,
     face_model: Path | None = FACE_MODEL_OPTION,
     fast: bool = typer.Option(False, "--fast", help="Video files: as fast as possible instead of real time."),
     stall_timeout: float = typer.Option(5.0, "--stall-timeout", help="Cameras/streams: seconds without a frame "
@@ -234,7 +240,8 @@ def live_command(
     _check_int("--reconnect", reconnect, 0, 1000)
     _check_number("--duration", duration, 0.0, 1e7, low_open=True)
     spec = resolve_source(camera, str(video) if video is not None else None, source)
-    config = _live_config(threshold_k, min_micro_ms, max_micro_ms, calibrate, landmark_every, face_model, device)
+    config = _live_config(threshold_k, min_micro_ms, max_micro_ms, calibrate, landmark_every, face_model, device,
+                          during_speech)
     _check_model(model)
     inputs = file_inputs(spec if isinstance(spec, str) else None, model, face_model)
     if events is not None:
@@ -274,13 +281,15 @@ def analyze_command(
     min_micro_ms: float | None = MIN_MICRO_OPTION,
     max_micro_ms: float | None = MAX_MICRO_OPTION,
     landmark_every: int = LANDMARK_EVERY_OPTION,
+    during_speech: str = DURING_SPEECH_OPTION,
     face_model: Path | None = FACE_MODEL_OPTION,
 ) -> None:
     """Run the live pipeline over a video file (or many, pooled) as fast as possible and report events."""
     from slstt.realtime.analyze import summary_lines
 
     many = video.is_dir() or video.suffix.lower() == ".csv"
-    config = _live_config(threshold_k, min_micro_ms, max_micro_ms, calibrate, landmark_every, face_model, device)
+    config = _live_config(threshold_k, min_micro_ms, max_micro_ms, calibrate, landmark_every, face_model, device,
+                          during_speech)
     _check_model(model)
     if many:
         for line in _analyze_many(video, out, model=model, config=config, ground_truth=ground_truth, record=record,

@@ -50,7 +50,8 @@ class LiveConfig:
     parallel_tracking: bool = True
 
 
-DEVICES = ("auto", "tensorrt", "cuda", "cpu")  # onnxruntime providers of slstt.export.runtime
+DEVICES = ("auto", "tensorrt", "cuda", "cpu")
+DURING_SPEECH = ("penalise", "skip")  # SpotterConfig.during_speech  # onnxruntime providers of slstt.export.runtime
 MAX_MICRO_LIMIT_MS = 2000.0  # the frame ring holds 3 s: a micro event and its context must fit
 
 
@@ -79,6 +80,8 @@ def live_config(*, threshold_k: float | None = None, min_micro_ms: float | None 
         raise SlsttError(f"unknown spotter option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     given = {"threshold_k": threshold_k, "min_micro_ms": min_micro_ms, "max_micro_ms": max_micro_ms, **spotter}
     spot = SpotterConfig(calibrate_s=calibrate, **{k: v for k, v in given.items() if v is not None})
+    if spot.during_speech not in DURING_SPEECH:
+        raise SlsttError(f"--during-speech {spot.during_speech!r}: choose {' or '.join(DURING_SPEECH)}")
     if spot.min_micro_ms >= spot.max_micro_ms:
         raise SlsttError(f"--min-micro-ms ({spot.min_micro_ms:g}) must be below --max-micro-ms ({spot.max_micro_ms:g})")
     return LiveConfig(spotter=spot, tracker=TrackerConfig(every=landmark_every),

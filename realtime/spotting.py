@@ -29,8 +29,10 @@ Three parts, each usable and tested on its own:
    moving down, brows and cheeks then ignored). While the person talks (the lips' landmarks open
    and close, or the jaw moved on several flows of the second before) the mouth regions need
    `talk_factor` times their threshold, and a mouth region must beat `busy_isolation` times its
-   own maximum of the 1.2 s before. One spot per event: the candidate keeps its
-   maximum and the machine is refractory for a while after an emit (non-maximum suppression).
+   own maximum of the 1.2 s before (during_speech="skip": no candidate at all while the jaw works
+   at the candidate's moment; blind during speech, almost never wrong). One spot per event: the
+   candidate keeps its maximum and the machine is refractory for a while after an emit
+   (non-maximum suppression).
    The interval is measured on the firing region's own displacement profile from the neutral frame
    before it (a few extra flows, once per event), classified micro (<= max_micro_ms) or macro, and
    decided about gap + 2 frames after the apex (< 0.5 s at the defaults).
@@ -111,6 +113,9 @@ class SpotterConfig:
     talk_jaw: float = 0.8  # px (flow crop) of fitted jaw movement per gap that counts as the jaw working (0: off)
     talk_count: int = 4  # ... on this many flows of the talk window before a candidate: talking
     talk_factor: float = 4.0  # while talking the mouth regions' ratios are divided by this (0: ignored)
+    # penalise: while the person talks the mouth regions need talk_factor x their threshold; skip: no
+    # candidate while the jaw works at the candidate's moment (few false spots, blind during speech)
+    during_speech: str = "penalise"
     isolation: float = 2.0  # a region must score this many times its own maximum of the 0.3 s before
     busy_window_s: float = 1.2  # a region that moved within this long before a candidate is busy (talking, fidgeting)
     busy_isolation: float = 2.0  # ... and must then score this many times its maximum of that window (0: off)
@@ -739,7 +744,9 @@ class Spotter:
         self._score_history[c] = scores
         for old in [j for j in self._score_history if j < c - max(3 * self.gap, self._busy_frames)]:
             del self._score_history[old]
-        if self._talking(c):  # the jaw is working: the mouth's own movements are mostly speech
+        if self.cfg.during_speech == "skip" and self._jaw_near(c):  # speech now: not a micro-expression
+            ratios = dict.fromkeys(ratios, 0.0)
+        elif self._talking(c):  # the jaw is working: the mouth's own movements are mostly speech
             f = self.cfg.talk_factor
             ratios = {k: ((v / f if f > 0 else 0.0) if k in MOUTH_REGIONS else v) for k, v in ratios.items()}
         recent = c - self.gap
@@ -767,6 +774,12 @@ class Spotter:
         window = range(c - round(self.cfg.talk_window_s * self.fps), c - 2 * self.gap - 1)
         working = sum(m.jaw > self.cfg.talk_jaw for j in window if (m := self._motion.get(j)) is not None)
         return working >= self.cfg.talk_count
+
+    def _jaw_near(self, c: int) -> bool:
+        """The jaw moved (> talk_jaw) on at least two of the flows that span the candidate's frame c
+        (c - gap .. c): speech at the candidate's own moment (during_speech="skip")."""
+        return sum(m.jaw > self.cfg.talk_jaw for j in range(c - self.gap, c + 1)
+                   if (m := self._motion.get(j)) is not None) >= 2
 
     def _profile_interval(self, d: Decision, index: int) -> Interval | None:
         """Measure the event on the firing region's displacement from the frame before it."""

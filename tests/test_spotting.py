@@ -282,3 +282,44 @@ def test_quantile_is_numpys_to_the_last_bit():
             x = rng.normal(size=n) * rng.uniform(0.01, 10)
             for q in (0.3, 0.5, 0.7, 0.9):
                 assert quantile(x, q) == np.quantile(x, q)
+
+
+@pytest.mark.parametrize("mode", ["penalise", "skip"])
+def test_skip_during_speech_drops_candidates_only_while_the_jaw_works(mode):
+    """during_speech="skip": a clear rise-and-return in the glabella is no candidate while the jaw works
+    on the flows around it (speech), and is one when the jaw is still; the default keeps it."""
+    from types import SimpleNamespace
+
+    from slstt.realtime.spotting import FrameMotion
+
+    cfg = SpotterConfig(during_speech=mode)
+    c = 100
+
+    def ratio(jaw_working: bool) -> float:
+        spotter = Spotter(cfg, FPS)
+        g = cfg.flow_size // 4
+        zone = np.zeros((g, g), bool)
+        zone[5:8, 12:15] = True
+        geometry = SimpleNamespace(zones={"glabella": zone})
+        for j in range(c - 2 * spotter.gap - 2, c + 1):
+            jaw = 2 * cfg.talk_jaw if jaw_working and j >= c - spotter.gap else 0.0
+            spotter._motion[j] = FrameMotion(j, {}, 0.0, 0.0, jaw=jaw)
+        rise, back = np.zeros((g, g, 2), np.float32), np.zeros((g, g, 2), np.float32)
+        rise[zone], back[zone] = (1.0, 0.0), (-1.0, 0.0)  # c - gap -> c: +1 px; c -> c + gap: back
+        spotter._motion[c - spotter.gap] = FrameMotion(c - spotter.gap, {}, 0.0, 0.0, rise, geometry)
+        spotter._motion[c] = FrameMotion(c, {}, 0.0, 0.0, back, geometry, jaw=2 * cfg.talk_jaw if jaw_working else 0.0)
+        cand = spotter._candidate(c + spotter.gap)
+        assert cand is not None and cand.scores["glabella"] == pytest.approx(1.0)
+        return cand.ratios["glabella"]
+
+    assert ratio(jaw_working=False) > 1.0
+    assert (ratio(jaw_working=True) == 0.0) == (mode == "skip")
+
+
+def test_during_speech_must_be_a_known_mode():
+    from slstt.errors import SlsttError
+    from slstt.realtime.pipeline import live_config
+
+    assert live_config(during_speech="skip").spotter.during_speech == "skip"
+    with pytest.raises(SlsttError, match="--during-speech 'mute': choose penalise or skip"):
+        live_config(during_speech="mute")
