@@ -6,9 +6,10 @@
         print(event.kind, event.label, event.region)
 
 Per frame: ring buffer <- frame; face tracker (landmarker every k frames) on a worker thread;
-spotter (flows on a small face crop) on the frame before, whose face is known by then. When the spotter closes a micro interval, its frames are
-copied out of the ring and queued for the recognizer thread; the event comes out of process()
-once labelled (macro events, and every event without a model, come out as soon as they close)."""
+spotter (flows on a small face crop) on the frame before, whose face is known by then. When the
+spotter closes a micro interval, its frames are copied out of the ring and queued for the
+recognizer thread; the event comes out of process() once labelled (macro events, and every event
+without a model, come out as soon as they close)."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ class LiveConfig:
     parallel_tracking: bool = True
 
 
-DEVICES = ("auto", "tensorrt", "cuda", "cpu")
-DURING_SPEECH = ("penalise", "skip")  # SpotterConfig.during_speech  # onnxruntime providers of slstt.export.runtime
+DEVICES = ("auto", "tensorrt", "cuda", "cpu")  # onnxruntime providers of slstt.export.runtime
+DURING_SPEECH = ("penalise", "skip")  # SpotterConfig.during_speech
 MAX_MICRO_LIMIT_MS = 2000.0  # the frame ring holds 3 s: a micro event and its context must fit
 
 

@@ -198,6 +198,16 @@ def quantile(x: np.ndarray, q: float) -> float:
     return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)
 
 
+def robust_fit(design: np.ndarray, target: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares of target on design over the rows in keep, refitted twice without the 30 % of
+    them with the largest residuals: (coefficients, rows kept)."""
+    for _ in range(2):
+        coef, *_ = np.linalg.lstsq(design[keep], target[keep], rcond=None)
+        res = np.linalg.norm(design @ coef - target, axis=1)
+        keep = keep & (res <= quantile(res[keep], 0.7))
+    return coef, keep
+
+
 def wide_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur with a sigma of many pixels (its kernel would span the crop), done on a 4x smaller
     copy and enlarged bilinearly at a fraction of the cost. The local high-pass (flow minus its blur
@@ -355,12 +365,8 @@ class MotionScorer:
         head = 0.0
         self.last_head_vector = np.zeros(2)
         if keep.sum() >= 12:
-            a = self._design
-            for _ in range(2):
-                coef, *_ = np.linalg.lstsq(a[keep], b[keep], rcond=None)
-                res = np.linalg.norm(a @ coef - b, axis=1)
-                keep = keep & (res <= quantile(res[keep], 0.7))
-            fitted = a[keep] @ coef
+            coef, keep = robust_fit(self._design, b, keep)
+            fitted = self._design[keep] @ coef
             head = float(np.linalg.norm(fitted, axis=1).mean())
             self.last_head_vector = fitted.mean(0)
         # local compensation: subtract the flow's normalised Gaussian blur over the face
@@ -417,10 +423,7 @@ class MotionScorer:
         q, qfull = self.model_design(geo)
         if keep.sum() < 12:
             return compute_flow(a, b, self.cfg.flow_backend, self.cfg.flow_params), None
-        for _ in range(2):
-            coef, *_ = np.linalg.lstsq(q[keep], target[keep], rcond=None)
-            res = np.linalg.norm(q @ coef - target, axis=1)
-            keep = keep & (res <= quantile(res[keep], 0.7))
+        coef, keep = robust_fit(q, target, keep)
         model = (qfull @ coef).reshape(s, s, 2).astype(np.float32)
         grid_x, grid_y = self._full
         warped = cv2.remap(b, grid_x + model[..., 0], grid_y + model[..., 1], cv2.INTER_LINEAR,
@@ -772,14 +775,16 @@ class Spotter:
         # the jaw's fitted movement on the flows before the candidate's own rise (MediaPipe's lips
         # follow a small opening poorly; the flow sees it)
         window = range(c - round(self.cfg.talk_window_s * self.fps), c - 2 * self.gap - 1)
-        working = sum(m.jaw > self.cfg.talk_jaw for j in window if (m := self._motion.get(j)) is not None)
-        return working >= self.cfg.talk_count
+        return self._jaw_working(window) >= self.cfg.talk_count
 
     def _jaw_near(self, c: int) -> bool:
         """The jaw moved (> talk_jaw) on at least two of the flows that span the candidate's frame c
         (c - gap .. c): speech at the candidate's own moment (during_speech="skip")."""
-        return sum(m.jaw > self.cfg.talk_jaw for j in range(c - self.gap, c + 1)
-                   if (m := self._motion.get(j)) is not None) >= 2
+        return self._jaw_working(range(c - self.gap, c + 1)) >= 2
+
+    def _jaw_working(self, flows: range) -> int:
+        """How many of the flows starting at frames `flows` moved the jaw by more than talk_jaw."""
+        return sum(m.jaw > self.cfg.talk_jaw for j in flows if (m := self._motion.get(j)) is not None)
 
     def _profile_interval(self, d: Decision, index: int) -> Interval | None:
         """Measure the event on the firing region's displacement from the frame before it."""
