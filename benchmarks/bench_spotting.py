@@ -5,6 +5,7 @@ context (quiet / busy), and how often the spotter could open an interval on face
     python benchmarks/bench_spotting.py                      # the held-out seeds (never tuned on)
     python benchmarks/bench_spotting.py --set tuning         # the seeds the defaults were tuned on
     python benchmarks/bench_spotting.py --videos my_folder/  # any folder of videos + .gt.csv
+    python benchmarks/bench_spotting.py --during-speech skip # the strict mode instead of the defaults
 
 The set is generated once into --cache (slstt.data.webcam.spotting_set: 2/3 of the seeds with 9 micro
 events per minute, 1/3 without events) and analysed with the live pipeline's defaults (spotting only).
@@ -21,6 +22,7 @@ from pathlib import Path
 def main() -> None:
     from slstt.data.webcam import HELD_OUT_SEEDS, TUNING_SEEDS, spotting_set
     from slstt.realtime.analyze import analyze_many, collect_videos, pooled_lines
+    from slstt.realtime.pipeline import DURING_SPEECH, live_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", choices=("heldout", "tuning"), default="heldout")
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("bench_spotting_sets"))
     parser.add_argument("--out", type=Path, default=Path("bench_spotting_out"))
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--during-speech", choices=DURING_SPEECH, default="penalise")
     args = parser.parse_args()
 
     folder = args.videos
@@ -38,8 +41,11 @@ def main() -> None:
             print(f"writing the {args.set} set (seeds {seeds[0]}..{seeds[-1]}) into {folder} ...", flush=True)
             spotting_set(folder, seeds, duration_s=args.seconds, progress=True)
     out = args.out / (args.set if args.videos is None else folder.name)
+    if args.during_speech != "penalise":
+        out = out.with_name(f"{out.name}_{args.during_speech}")
     t0 = time.perf_counter()
-    result = analyze_many(collect_videos(folder), out, progress=True)
+    config = live_config(during_speech=args.during_speech)
+    result = analyze_many(collect_videos(folder), out, config=config, progress=True)
     wall = time.perf_counter() - t0
     print(f"\n{args.set if args.videos is None else folder}: analysed in {wall:.0f} s")
     for line in pooled_lines(result):
