@@ -129,7 +129,7 @@ def _check_local(source: Source) -> None:
     elif not _is_url(source):
         path = Path(source)
         if not path.is_file():
-            raise SlsttError(f"video not found: {path}; pass an existing video file to --video")
+            raise SlsttError(f"video not found: {path}; pass the path of an existing video file")
         if not os.access(path, os.R_OK):
             raise SlsttError(f"video not readable: {path}; check its permissions")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from slstt.errors import SlsttError
-from slstt.io import atomic_write_text
+from slstt.io import atomic_write_text, nan_to_none
 
 CSV_COLUMNS = [
     "event", "kind", "onset_frame", "apex_frame", "offset_frame", "onset_s", "apex_s", "offset_s",
@@ -104,17 +104,7 @@ def strict_json(obj: Any) -> str:
     try:
         return json.dumps(obj, allow_nan=False)
     except ValueError:
-        return json.dumps(_nan_to_none(obj), allow_nan=False)
-
-
-def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    return obj
+        return json.dumps(nan_to_none(obj), allow_nan=False)
 
 
 def check_output_file(path: Path, what: str, example: str) -> None:

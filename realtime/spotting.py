@@ -27,10 +27,12 @@ Three parts, each usable and tested on its own:
    the best region's score / threshold. An open candidate is rejected when most regions fire
    together (lighting, global shake), when the head turns fast, or when it is a blink (upper lids
    moving down, brows and cheeks then ignored). While the person talks (the lips' landmarks open
-   and close, or the jaw moved on several flows of the second before) the mouth regions need
-   `talk_factor` times their threshold, and a mouth region must beat `busy_isolation` times its
-   own maximum of the 1.2 s before (during_speech="skip": no candidate at all while the jaw works
-   at the candidate's moment; blind during speech, almost never wrong). One spot per event: the
+   and close, the jaw moved on several flows of the second before, or it moves a syllable's worth
+   at the candidate) the speech regions (mouth, nose wings, cheeks: what the lips drag) are
+   ignored and the others need `talk_face_factor` times their threshold; a speech region must
+   also beat `busy_isolation` times its own maximum of the 1.2 s before (during_speech="skip": no
+   candidate at all while the jaw works at the candidate's moment; blind during speech, almost
+   never wrong). One spot per event: the
    candidate keeps its maximum and the machine is refractory for a while after an emit
    (non-maximum suppression).
    The interval is measured on the firing region's own displacement profile from the neutral frame
@@ -43,7 +45,8 @@ lasts is a macro event, and micro candidates in a region with macro activity are
 
 Nothing after the current frame is ever read. Defaults were tuned on the tuning seeds of
 `slstt synth --style webcam` (see slstt.data.webcam; seeds 0-5 and six event videos with seeds
-20-25, chosen by pooled F1 on their 90 events) and never on the held-out seeds.
+20-25: recall at <= 5 false spots per minute on their 90 events, with the lips articulating as
+they talk), kept the classic videos' F1 >= 0.9, and never saw the held-out seeds.
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ BLINK_REGIONS = ("inner_brow_r", "inner_brow_l", "outer_brow_r", "outer_brow_l",
 UPPER_LIDS = (159, 386)
 EYE_RINGS = ((33, 133, 159, 145, 160, 144, 158, 153), (263, 362, 386, 374, 387, 373, 385, 380))
 MOUTH_REGIONS = ("lip_corner_r", "lip_corner_l", "upper_lip", "lower_lip", "chin")
+# What speech moves: the mouth, and the nose wings and cheeks its lips drag (spreading, rounding,
+# the upper lip lifting)
+SPEECH_REGIONS = MOUTH_REGIONS + ("nose_wing_r", "nose_wing_l", "cheek_r", "cheek_l")
 UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
 CHIN_TIP, BROW_MID = 152, 9
 # the two-pass flow's coarse pass (half size): a fast, robust estimate of the face's smooth movement
@@ -99,7 +105,7 @@ class SpotterConfig:
     subtract_model: bool = True  # remove the fitted model (head, parallax) before the local high-pass
     zone_radius: float = 0.09  # a region's movement may peak this far from its landmarks (fraction of the crop)
     window_s: float = 5.0  # trailing window of each region's adaptive threshold
-    threshold_k: float = 4.5  # threshold = median + k * MAD of the region's idle scores
+    threshold_k: float = 3.0  # threshold = median + k * MAD of the region's idle scores
     min_threshold: float = 0.12  # px on the flow crop; floor for very still, noise-free video
     low_ratio: float = 0.5  # a candidate ends when the best ratio falls below this
     edge_ratio: float = 0.25  # interval boundaries: profile below this fraction of its peak
@@ -112,14 +118,19 @@ class SpotterConfig:
     talk_opening: float = 0.03  # lips opening and closing by more than this fraction of the crop: talking
     talk_jaw: float = 0.8  # px (flow crop) of fitted jaw movement per gap that counts as the jaw working (0: off)
     talk_count: int = 4  # ... on this many flows of the talk window before a candidate: talking
-    talk_factor: float = 4.0  # while talking the mouth regions' ratios are divided by this (0: ignored)
-    # penalise: while the person talks the mouth regions need talk_factor x their threshold; skip: no
-    # candidate while the jaw works at the candidate's moment (few false spots, blind during speech)
+    talk_now_jaw: float = 2.4  # px of jaw movement on 2 of the flows spanning a candidate: speech at that very
+    # moment (the first syllable, before talk_count flows could say so; a lower-face micro-expression moves
+    # the fitted jaw less than a syllable does)
+    talk_factor: float = 0.0  # while talking the speech regions' ratios are divided by this (0: ignored)
+    talk_face_factor: float = 1.4  # ... and the other regions' ratios by this (brows and head move with speech)
+    # penalise: while the person talks the speech regions are ignored (or need talk_factor x their
+    # threshold) and the others talk_face_factor x theirs; skip: no candidate at all while the jaw
+    # works at the candidate's moment (few false spots, blind during speech)
     during_speech: str = "penalise"
     isolation: float = 2.0  # a region must score this many times its own maximum of the 0.3 s before
     busy_window_s: float = 1.2  # a region that moved within this long before a candidate is busy (talking, fidgeting)
     busy_isolation: float = 2.0  # ... and must then score this many times its maximum of that window (0: off)
-    busy_mouth_only: bool = True  # the busy rule applies to the mouth regions only
+    busy_speech_only: bool = True  # the busy rule applies to SPEECH_REGIONS only
     head_leak: float = 0.15  # thresholds rise by this fraction of the head's own rise-and-return
     blink_factor: float = 2.0  # during a blink the other regions need this many times their threshold
     refractory_s: float = 0.3  # no new candidate this soon after an emitted event
@@ -741,7 +752,7 @@ class Spotter:
                   for name, v in scores.items()}
         if self.cfg.busy_isolation > 0:
             early = self._recent_max(range(c - self._busy_frames, c - 2 * self.gap - 4))
-            ratios = {name: (0.0 if (not self.cfg.busy_mouth_only or name in MOUTH_REGIONS)
+            ratios = {name: (0.0 if (not self.cfg.busy_speech_only or name in SPEECH_REGIONS)
                              and scores[name] <= self.cfg.busy_isolation * early.get(name, 0.0) else r)
                       for name, r in ratios.items()}
         self._score_history[c] = scores
@@ -749,9 +760,9 @@ class Spotter:
             del self._score_history[old]
         if self.cfg.during_speech == "skip" and self._jaw_near(c):  # speech now: not a micro-expression
             ratios = dict.fromkeys(ratios, 0.0)
-        elif self._talking(c):  # the jaw is working: the mouth's own movements are mostly speech
-            f = self.cfg.talk_factor
-            ratios = {k: ((v / f if f > 0 else 0.0) if k in MOUTH_REGIONS else v) for k, v in ratios.items()}
+        elif self._talking(c):  # the lower face's own movements are mostly speech now
+            f, g = self.cfg.talk_factor, self.cfg.talk_face_factor
+            ratios = {k: ((v / f if f > 0 else 0.0) if k in SPEECH_REGIONS else v / g) for k, v in ratios.items()}
         recent = c - self.gap
         macro = frozenset(k for k, last in self._macro_active.items() if last >= recent)
         return Candidate(c, ratios, scores, max(now.head, before.head), blink, macro, peaks)
@@ -765,26 +776,29 @@ class Spotter:
         return top
 
     def _talking(self, c: int) -> bool:
-        """The lips opened and closed by more than talk_opening (fraction of the crop) within
-        talk_window_s around the candidate: speech (or chewing), seen on the tracked landmarks."""
+        """Speech (or chewing) around candidate c: the tracked lips opened and closed by more than
+        talk_opening (fraction of the crop) within talk_window_s; or the jaw worked on talk_count
+        flows of the second before the candidate's own rise (MediaPipe's lips follow a small opening
+        poorly; the flow sees it); or it moves by more than talk_now_jaw at the candidate itself."""
         near = [v for i, v in self._mouth if c - len(self._mouth) <= i <= c + self.gap]
         if len(near) >= 3 and max(near) - min(near) > self.cfg.talk_opening:
             return True
-        if self.cfg.talk_jaw <= 0:
-            return False
-        # the jaw's fitted movement on the flows before the candidate's own rise (MediaPipe's lips
-        # follow a small opening poorly; the flow sees it)
-        window = range(c - round(self.cfg.talk_window_s * self.fps), c - 2 * self.gap - 1)
-        return self._jaw_working(window) >= self.cfg.talk_count
+        if self.cfg.talk_jaw > 0:
+            window = range(c - round(self.cfg.talk_window_s * self.fps), c - 2 * self.gap - 1)
+            if self._jaw_working(window) >= self.cfg.talk_count:
+                return True
+        return self.cfg.talk_now_jaw > 0 and self._jaw_working(range(c - self.gap, c + 1), self.cfg.talk_now_jaw) >= 2
 
     def _jaw_near(self, c: int) -> bool:
         """The jaw moved (> talk_jaw) on at least two of the flows that span the candidate's frame c
         (c - gap .. c): speech at the candidate's own moment (during_speech="skip")."""
         return self._jaw_working(range(c - self.gap, c + 1)) >= 2
 
-    def _jaw_working(self, flows: range) -> int:
-        """How many of the flows starting at frames `flows` moved the jaw by more than talk_jaw."""
-        return sum(m.jaw > self.cfg.talk_jaw for j in flows if (m := self._motion.get(j)) is not None)
+    def _jaw_working(self, flows: range, above: float | None = None) -> int:
+        """How many of the flows starting at frames `flows` moved the jaw by more than `above`
+        (default talk_jaw)."""
+        above = self.cfg.talk_jaw if above is None else above
+        return sum(m.jaw > above for j in flows if (m := self._motion.get(j)) is not None)
 
     def _profile_interval(self, d: Decision, index: int) -> Interval | None:
         """Measure the event on the firing region's displacement from the frame before it."""

@@ -165,6 +165,23 @@ def test_strict_json_events_never_hold_nan(tmp_path):
     assert "nan" not in csv_text.lower() and "inf" not in csv_text.lower()
 
 
+def test_json_records_are_strict_json(tmp_path):
+    """Every JSON record (summaries, run results, fold histories) goes through atomic_write_json:
+    a per-class F1 of a class a subject lacks is NaN in numpy, null in the file, never a bare NaN."""
+    import numpy as np
+
+    from slstt.io import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "r.json", {"f1": float("nan"), "rows": [float("inf"), np.float32(1.5)],
+                                                   "n": np.int64(3), "kept": (0.25, "x", None, True)})
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"bare {name} in the JSON")
+
+    assert json.loads(path.read_text(), parse_constant=no_constants) == {
+        "f1": None, "rows": [None, 1.5], "n": 3, "kept": [0.25, "x", None, True]}
+
+
 def count_frames(path: Path) -> int:
     cap = cv2.VideoCapture(str(path))
     n = 0

@@ -323,3 +323,39 @@ def test_during_speech_must_be_a_known_mode():
     assert live_config(during_speech="skip").spotter.during_speech == "skip"
     with pytest.raises(SlsttError, match="--during-speech 'mute': choose penalise or skip"):
         live_config(during_speech="mute")
+
+
+def test_speech_at_the_candidate_ignores_speech_regions_and_raises_the_others_bar():
+    """A syllable's worth of jaw movement on the flows around a candidate (the first syllable of a
+    sentence: no earlier flows say "talking" yet) is speech now: the speech regions (what the lips
+    drag: here a lip corner and a nose wing) are ignored, the glabella needs talk_face_factor times
+    its threshold. A lower-face micro-movement's smaller jaw movement changes nothing."""
+    from types import SimpleNamespace
+
+    from slstt.realtime.spotting import SPEECH_REGIONS, FrameMotion
+
+    cfg = SpotterConfig()
+    c = 100
+    assert {"lip_corner_r", "nose_wing_l"} <= set(SPEECH_REGIONS) and "glabella" not in SPEECH_REGIONS
+
+    def ratios(jaw: float) -> dict[str, float]:
+        spotter = Spotter(cfg, FPS)
+        g = cfg.flow_size // 4
+        zones = {name: np.zeros((g, g), bool) for name in ("glabella", "lip_corner_r", "nose_wing_l")}
+        zones["glabella"][5:8, 12:15] = zones["lip_corner_r"][20:23, 8:11] = zones["nose_wing_l"][14:17, 16:19] = True
+        geometry = SimpleNamespace(zones=zones)
+        for j in range(c - 2 * spotter.gap - 2, c + 1):
+            spotter._motion[j] = FrameMotion(j, {}, 0.0, 0.0, jaw=jaw if j >= c - spotter.gap else 0.0)
+        rise, back = np.zeros((g, g, 2), np.float32), np.zeros((g, g, 2), np.float32)
+        for zone in zones.values():
+            rise[zone], back[zone] = (1.0, 0.0), (-1.0, 0.0)
+        spotter._motion[c - spotter.gap] = FrameMotion(c - spotter.gap, {}, 0.0, 0.0, rise, geometry)
+        spotter._motion[c] = FrameMotion(c, {}, 0.0, 0.0, back, geometry, jaw=jaw)
+        cand = spotter._candidate(c + spotter.gap)
+        assert cand is not None and all(v == pytest.approx(1.0) for v in cand.scores.values())
+        return cand.ratios
+
+    still, micro, syllable = ratios(0.0), ratios(0.6 * cfg.talk_now_jaw), ratios(1.5 * cfg.talk_now_jaw)
+    assert all(v > 1.0 for v in still.values()) and micro == still
+    assert syllable["lip_corner_r"] == syllable["nose_wing_l"] == 0.0
+    assert syllable["glabella"] == pytest.approx(still["glabella"] / cfg.talk_face_factor)

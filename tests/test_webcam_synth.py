@@ -128,6 +128,31 @@ def test_micro_event_moves_its_region_by_the_amplitude() -> None:
         assert near < 0.12 * plan.face_px, (e.region, near)
 
 
+def test_talking_articulates_the_lips_beyond_the_jaw() -> None:
+    """While talking the lip corners spread and round at syllable rate (Farneback between the frame
+    with and without the articulation peaks at its amplitude, at a lip corner); outside talk bursts
+    the lips do not articulate."""
+    plan, scene = webcam.plan_webcam_video(3, duration_s=14, n_micro=0, face_px=220)
+    animator = webcam._Animator(scene, plan)
+    spread = animator.speech[0][0]
+    talk = np.zeros(plan.n_frames, bool)
+    for e in plan.events:
+        if e.kind == "talk":
+            talk[max(e.onset - 5, 0):e.offset + 6] = True
+    assert not spread[~talk].any() and np.abs(spread[talk]).std() > 0.01 * plan.face_px
+    i = int(np.argmax(np.abs(spread)))
+    frames = []
+    for speech in (animator.speech, []):
+        animator.speech = speech
+        frames.append(cv2.cvtColor(np.clip(np.round(scene.render(i, **animator.args(i))), 0, 255).astype(np.uint8),
+                                   cv2.COLOR_BGR2GRAY))
+    mag = np.linalg.norm(cv2.calcOpticalFlowFarneback(frames[1], frames[0], None, *FARNEBACK), axis=2)
+    assert 0.6 * abs(spread[i]) < float(np.quantile(mag, 0.9995)) < 1.4 * abs(spread[i])
+    y, x = np.unravel_index(np.argmax(cv2.GaussianBlur(mag, (0, 0), 2)), mag.shape)
+    corners = scene.project(i)[list(synth.LIP_CORNERS)]
+    assert np.linalg.norm(corners - (x, y), axis=1).min() < 0.12 * plan.face_px
+
+
 def test_yaw_gives_parallax_seen_by_mediapipe() -> None:
     """Turning the head 12 deg: MediaPipe sees the nose tip move further than the cheeks."""
     from slstt.preprocess.face import FaceLandmarker

@@ -8,7 +8,8 @@ surface over the photo, fitted once per video through all 478 landmarks, its dep
 so it never turns its back to the camera within the pose range; each frame inverts its projection
 exactly on a coarse grid, bilinearly upsampled and applied with cv2.remap), so the nose moves
 differently from the cheeks (parallax) and nothing folds or jitters. On top:
-talking (jaw opening at 3-6 Hz syllable rate in 1-6 s bursts, dark mouth interior), macro
+talking (jaw opening at 3-6 Hz syllable rate in 1-6 s bursts, dark mouth interior, and the lips
+articulating: corners spreading and rounding, the upper lip lifting; ARTICULATION), macro
 expressions (0.5-4 s), blinks, a hand passing over the mouth or chin, lighting drift, auto-exposure
 steps, camera noise, and H.264 compression (ffmpeg libx264; OpenCV mp4v with a warning only when
 ffmpeg is missing).
@@ -116,6 +117,14 @@ MICRO_VARIANTS: dict[str, dict[str, tuple[Motion, ...]]] = {
                              Motion((168,), up=-0.5, weight=0.5, sigma=0.10))},
 }
 MICRO_REGIONS = tuple(MICRO_VARIANTS)
+# Speech moves the lips, not only the jaw: the lip corners spread (as in "ee") or round (as in "oo")
+# and the upper lip lifts, at syllable rate. (Motion recipe, std of the peak displacement as a
+# fraction of the face height); the articulation is a smooth random signal over each talk burst.
+ARTICULATION: dict[str, tuple[Motion, float]] = {
+    "lip_spread": (Motion(S, up=0.25, out=1.0, sigma=0.12), 0.02),
+    "lip_lift": (Motion((0,), up=1.0, sigma=0.10), 0.008),
+}
+ARTICULATION_S = 0.06  # smoothing of the articulation signal (s): about the syllable rate
 MACRO_LABELS = {"smile": "happiness", "surprise": "surprise", "frown": "disgust"}
 
 # MediaPipe mesh: inner lip contour (mouth interior), upper-lip points lifted while talking.
@@ -980,6 +989,30 @@ class _Animator:
             self.shapes.append((synth.rise_fall(t, e.onset, e.apex, e.offset, hold), bumps, anchor, apex_lm))
         self.blinks = [(e, synth.rise_fall(t, e.onset, e.apex, e.offset)) for e in plan.events if e.kind == "blink"]
         self.hands = [e for e in plan.events if e.kind == "hand"]
+        self.neutral = scene.project(0, jaw=0.0)
+        self.speech = self._articulation(scene, plan, self.neutral)
+
+    @staticmethod
+    def _articulation(scene: WebcamScene, plan: WebcamPlan, neutral: np.ndarray) -> list[tuple[np.ndarray, list[Bump], np.ndarray]]:
+        """(per-frame signed amplitude in px, unit bumps at the neutral pose, their anchor landmarks) for
+        each ARTICULATION movement: smooth noise at syllable rate, faded in and out over each talk burst."""
+        rng = np.random.default_rng([plan.seed, 34])  # its own stream: the other components stay as they were
+        n, fps = plan.n_frames, plan.fps
+        talk = np.zeros(n)
+        for e in plan.events:
+            if e.kind == "talk":
+                talk[e.onset:e.offset + 1] = 1.0
+        ramp = max(1, int(round(0.1 * fps)))
+        envelope = np.convolve(talk, np.ones(2 * ramp + 1) / (2 * ramp + 1), "same")
+        out = []
+        for motion, std in ARTICULATION.values():
+            amplitude = envelope * std * plan.face_px * smooth_noise(rng, n, ARTICULATION_S * fps)
+            if motion.landmarks == (0,):  # the upper lip only lifts
+                amplitude = np.abs(amplitude)
+            bumps = synth.motion_bumps(neutral, (motion,), 1.0)
+            anchor = np.array([int(np.argmin(np.linalg.norm(neutral - b.center, axis=1))) for b in bumps])
+            out.append((amplitude, bumps, anchor))
+        return out
 
     def args(self, i: int) -> dict:
         scene = self.scene
@@ -989,6 +1022,10 @@ class _Animator:
             k = float(profile[i])
             if k > 0:
                 bumps += [Bump(b.center + lm[a] - apex_lm[a], k * b.vector, b.sigma) for b, a in zip(bs, anchor, strict=True)]
+        for amplitude, bs, anchor in self.speech:  # lips articulating (talking)
+            k = float(amplitude[i])
+            if abs(k) > 0.05:
+                bumps += [Bump(b.center + lm[a] - self.neutral[a], k * b.vector, b.sigma) for b, a in zip(bs, anchor, strict=True)]
         eyes = []
         for e, profile in self.blinks:
             k = float(profile[i])
