@@ -98,7 +98,7 @@ def bench_recognition(workdir: Path, repeats: int) -> None:
         times, prep_ms, infer_ms = [], [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            x = build_input(clip, rec.preprocess)
+            x = build_input(clip, rec.preprocess).x
             t1 = time.perf_counter()
             rec.classifier.predict(x[None])
             t2 = time.perf_counter()
