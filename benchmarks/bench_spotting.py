@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    from slstt.data.webcam import HELD_OUT_SEEDS, TUNING_SEEDS, spotting_set
+    from slstt.data.webcam import GENERATOR_VERSION, HELD_OUT_SEEDS, TUNING_SEEDS, spotting_set
     from slstt.realtime.analyze import analyze_many, collect_videos, pooled_lines
     from slstt.realtime.pipeline import DURING_SPEECH, live_config
 
@@ -36,7 +36,8 @@ def main() -> None:
     folder = args.videos
     if folder is None:
         seeds = HELD_OUT_SEEDS if args.set == "heldout" else TUNING_SEEDS
-        folder = args.cache / f"{args.set}_{args.seconds:g}s"
+        # a set written by another generator version is not reused (the same seeds render differently)
+        folder = args.cache / f"{args.set}_{args.seconds:g}s_v{GENERATOR_VERSION}"
         if not (folder / "set.json").is_file():
             print(f"writing the {args.set} set (seeds {seeds[0]}..{seeds[-1]}) into {folder} ...", flush=True)
             spotting_set(folder, seeds, duration_s=args.seconds, progress=True)

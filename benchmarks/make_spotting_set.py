@@ -49,7 +49,8 @@ def write_set(which: str, out: Path, seconds: float, console: Console) -> list[P
         videos.append(out / name)
     from slstt.io import atomic_write_json
 
-    atomic_write_json(out / "set.json", {"kind": "slstt.synth.webcam_set", "set": which, "seeds": list(seeds),
+    atomic_write_json(out / "set.json", {"kind": "slstt.synth.webcam_set", "set": which,
+                                         "generator_version": webcam.GENERATOR_VERSION, "seeds": list(seeds),
                                          "event_seeds": list(seeds[:n_event]), "duration_s": seconds,
                                          "videos": [v.name for v in videos]})
     return videos

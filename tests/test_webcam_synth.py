@@ -87,6 +87,7 @@ def test_ground_truth_columns_and_values(small_video: Path) -> None:
     assert [t.kind for t in truth].count("micro") == 3
     info = json.loads(small_video.with_name("a.events.json").read_text())
     assert info["seed"] == 5 and info["size"] == list(SMALL) and info["n_frames"] == 180
+    assert info["generator_version"] == webcam.GENERATOR_VERSION  # a cached set of another version is not reused
     assert 55 < info["face_px"] < 165 and len(info["head_pose"]["frames"]) >= 40
     assert all(e["amplitude_crop112"] > 0 for e in info["events"] if e["kind"] == "micro")
 
@@ -330,4 +331,5 @@ def test_spotting_set_writes_event_and_no_event_videos(tmp_path: Path) -> None:
     assert micro == [1, 0]
     info = json.loads((tmp_path / "set.json").read_text())
     assert info["event_seeds"] == [21] and info["videos"] == ["webcam_21.mp4", "webcam_22_noevents.mp4"]
+    assert info["generator_version"] == webcam.GENERATOR_VERSION
     assert all((tmp_path / v).stat().st_size > 1000 for v in info["videos"])

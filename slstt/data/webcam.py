@@ -99,6 +99,7 @@ HEAD_MOTION: _HeadMotion = {
 }
 CRF = 23
 WEBCAM_KIND = "slstt.synth.webcam"
+GENERATOR_VERSION = 2  # bumped when a seed renders differently (2: the lips articulate while talking)
 
 # AU-like micro regions: synth Motion recipes (sigma in outer-eye-distance units).
 B, S = synth.INNER_BROWS + synth.MID_BROWS + synth.OUTER_BROWS, synth.LIP_CORNERS
@@ -1214,7 +1215,7 @@ def make_webcam_video(out_path: str | os.PathLike, seed: int = 0, duration_s: fl
     atomic_write_text(gt_path, "\n".join(_gt_rows(plan)) + "\n")
     stride = max(1, int(round(plan.fps / 10)))
     info = {
-        "kind": WEBCAM_KIND, "seed": seed, "fps": fps, "size": list(size), "n_frames": plan.n_frames,
+        "kind": WEBCAM_KIND, "generator_version": GENERATOR_VERSION, "seed": seed, "fps": fps, "size": list(size), "n_frames": plan.n_frames,
         "identity": asdict(IDENTITIES[plan.identity]), "face_px": round(plan.face_px, 2), "crop_px": round(plan.crop_px, 2),
         "crf": plan.crf, "noise_sigma": round(plan.noise_sigma, 3), "amplitude_definition": (
             "micro/macro amplitude_px: peak displacement (video px) at the apex vs. the same frame without the event"),
@@ -1244,7 +1245,8 @@ def spotting_set(out_dir: str | os.PathLike, seeds: tuple[int, ...] | list[int],
         name = f"webcam_{seed}.mp4" if k < n_event else f"webcam_{seed}_noevents.mp4"
         gts.append(make_webcam_video(out_dir / name, seed, duration_s, fps, size, n_micro if k < n_event else 0,
                                      progress=progress))
-    atomic_write_json(out_dir / "set.json", {"kind": "slstt.synth.webcam_set", "seeds": seeds, "event_seeds": seeds[:n_event],
+    atomic_write_json(out_dir / "set.json", {"kind": "slstt.synth.webcam_set", "generator_version": GENERATOR_VERSION,
+                                             "seeds": seeds, "event_seeds": seeds[:n_event],
                                              "duration_s": duration_s, "fps": fps, "size": list(size), "n_micro": n_micro,
                                              "videos": [g.name.replace(".gt.csv", ".mp4") for g in gts]})
     return gts
