@@ -195,8 +195,8 @@ THRESHOLD_K_OPTION = typer.Option(None, "--threshold-k", help="Each region's thr
 MIN_MICRO_OPTION = typer.Option(None, "--min-micro-ms", help="Shorter measured intervals are widened to this (default 100).")
 MAX_MICRO_OPTION = typer.Option(None, "--max-micro-ms", help="Longer intervals are macro (default 500, at most 2000).")
 LANDMARK_EVERY_OPTION = typer.Option(3, "--landmark-every", help="Run the face landmarker every k-th frame (1-1000).")
-DURING_SPEECH_OPTION = typer.Option("penalise", "--during-speech", help="penalise: while the person talks the mouth "
-                                    "regions need more evidence; skip: no micro spots while they talk (far fewer "
+DURING_SPEECH_OPTION = typer.Option("penalise", "--during-speech", help="penalise: while the person talks the "
+                                    "mouth, nose wings and cheeks are ignored and the brows need more evidence; skip: no micro spots while they talk (far fewer "
                                     "false spots, blind to expressions made while talking).")
 OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace output files left by an earlier run "
                                 "(never an input file).")

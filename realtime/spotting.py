@@ -787,12 +787,12 @@ class Spotter:
             window = range(c - round(self.cfg.talk_window_s * self.fps), c - 2 * self.gap - 1)
             if self._jaw_working(window) >= self.cfg.talk_count:
                 return True
-        return self.cfg.talk_now_jaw > 0 and self._jaw_working(range(c - self.gap, c + 1), self.cfg.talk_now_jaw) >= 2
+        return self.cfg.talk_now_jaw > 0 and self._jaw_near(c, self.cfg.talk_now_jaw)
 
-    def _jaw_near(self, c: int) -> bool:
-        """The jaw moved (> talk_jaw) on at least two of the flows that span the candidate's frame c
-        (c - gap .. c): speech at the candidate's own moment (during_speech="skip")."""
-        return self._jaw_working(range(c - self.gap, c + 1)) >= 2
+    def _jaw_near(self, c: int, above: float | None = None) -> bool:
+        """The jaw moved (> above, default talk_jaw) on at least two of the flows that span the
+        candidate's frame c (c - gap .. c): speech at the candidate's own moment."""
+        return self._jaw_working(range(c - self.gap, c + 1), above) >= 2
 
     def _jaw_working(self, flows: range, above: float | None = None) -> int:
         """How many of the flows starting at frames `flows` moved the jaw by more than `above`

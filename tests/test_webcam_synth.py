@@ -136,10 +136,7 @@ def test_talking_articulates_the_lips_beyond_the_jaw() -> None:
     plan, scene = webcam.plan_webcam_video(3, duration_s=14, n_micro=0, face_px=220)
     animator = webcam._Animator(scene, plan)
     spread = animator.speech[0][0]
-    talk = np.zeros(plan.n_frames, bool)
-    for e in plan.events:
-        if e.kind == "talk":
-            talk[max(e.onset - 5, 0):e.offset + 6] = True
+    talk = webcam._busy_mask(plan.n_frames, [e for e in plan.events if e.kind == "talk"], 5)
     assert not spread[~talk].any() and np.abs(spread[talk]).std() > 0.01 * plan.face_px
     i = int(np.argmax(np.abs(spread)))
     frames = []

@@ -120,10 +120,11 @@ MICRO_VARIANTS: dict[str, dict[str, tuple[Motion, ...]]] = {
 MICRO_REGIONS = tuple(MICRO_VARIANTS)
 # Speech moves the lips, not only the jaw: the lip corners spread (as in "ee") or round (as in "oo")
 # and the upper lip lifts, at syllable rate. (Motion recipe, std of the peak displacement as a
-# fraction of the face height); the articulation is a smooth random signal over each talk burst.
-ARTICULATION: dict[str, tuple[Motion, float]] = {
-    "lip_spread": (Motion(S, up=0.25, out=1.0, sigma=0.12), 0.02),
-    "lip_lift": (Motion((0,), up=1.0, sigma=0.10), 0.008),
+# fraction of the face height, signed: both directions or only the recipe's); the articulation is a
+# smooth random signal over each talk burst.
+ARTICULATION: dict[str, tuple[Motion, float, bool]] = {
+    "lip_spread": (Motion(S, up=0.25, out=1.0, sigma=0.12), 0.02, True),  # negative: rounding
+    "lip_lift": (Motion((0,), up=1.0, sigma=0.10), 0.008, False),
 }
 ARTICULATION_S = 0.06  # smoothing of the articulation signal (s): about the syllable rate
 MACRO_LABELS = {"smile": "happiness", "surprise": "surprise", "frown": "disgust"}
@@ -991,24 +992,21 @@ class _Animator:
         self.blinks = [(e, synth.rise_fall(t, e.onset, e.apex, e.offset)) for e in plan.events if e.kind == "blink"]
         self.hands = [e for e in plan.events if e.kind == "hand"]
         self.neutral = scene.project(0, jaw=0.0)
-        self.speech = self._articulation(scene, plan, self.neutral)
+        self.speech = self._articulation(plan, self.neutral)
 
     @staticmethod
-    def _articulation(scene: WebcamScene, plan: WebcamPlan, neutral: np.ndarray) -> list[tuple[np.ndarray, list[Bump], np.ndarray]]:
+    def _articulation(plan: WebcamPlan, neutral: np.ndarray) -> list[tuple[np.ndarray, list[Bump], np.ndarray]]:
         """(per-frame signed amplitude in px, unit bumps at the neutral pose, their anchor landmarks) for
         each ARTICULATION movement: smooth noise at syllable rate, faded in and out over each talk burst."""
         rng = np.random.default_rng([plan.seed, 34])  # its own stream: the other components stay as they were
         n, fps = plan.n_frames, plan.fps
-        talk = np.zeros(n)
-        for e in plan.events:
-            if e.kind == "talk":
-                talk[e.onset:e.offset + 1] = 1.0
+        talk = _busy_mask(n, [e for e in plan.events if e.kind == "talk"], 0).astype(float)
         ramp = max(1, int(round(0.1 * fps)))
         envelope = np.convolve(talk, np.ones(2 * ramp + 1) / (2 * ramp + 1), "same")
         out = []
-        for motion, std in ARTICULATION.values():
+        for motion, std, signed in ARTICULATION.values():
             amplitude = envelope * std * plan.face_px * smooth_noise(rng, n, ARTICULATION_S * fps)
-            if motion.landmarks == (0,):  # the upper lip only lifts
+            if not signed:
                 amplitude = np.abs(amplitude)
             bumps = synth.motion_bumps(neutral, (motion,), 1.0)
             anchor = np.array([int(np.argmin(np.linalg.norm(neutral - b.center, axis=1))) for b in bumps])
