@@ -27,8 +27,9 @@ Three parts, each usable and tested on its own:
    the best region's score / threshold. An open candidate is rejected when most regions fire
    together (lighting, global shake), when the head turns fast, or when it is a blink (upper lids
    moving down, brows and cheeks then ignored). While the person talks (the lips' landmarks open
-   and close, the jaw moved on several flows of the second before, or it moves a syllable's worth
-   at the candidate) the speech regions (mouth, nose wings, cheeks: what the lips drag) are
+   and close, the jaw opened and closed again in the second before (one movement, such as a nod,
+   a smile or a blink's drag, does not change direction twice), or it moves a syllable's worth at
+   the candidate) the speech regions (mouth, nose wings, cheeks: what the lips drag) are
    ignored and the others need `talk_face_factor` times their threshold; a speech region must
    also beat `busy_isolation` times its own maximum of the 1.2 s before (during_speech="skip": no
    candidate at all while the jaw works at the candidate's moment; blind during speech, almost
@@ -117,12 +118,15 @@ class SpotterConfig:
     talk_window_s: float = 1.0  # the lips' opening over this window tells talking
     talk_opening: float = 0.03  # lips opening and closing by more than this fraction of the crop: talking
     talk_jaw: float = 0.8  # px (flow crop) of fitted jaw movement per gap that counts as the jaw working (0: off)
-    talk_count: int = 4  # ... on this many flows of the talk window before a candidate: talking
+    # speech is the jaw opening and closing again and again: its vertical movement changed direction
+    # (beyond +-talk_jaw) this many times in the talk window before a candidate. One movement (a nod,
+    # a smile, a blink's drag) changes direction once at most
+    talk_flips: int = 2
     talk_now_jaw: float = 2.4  # px of jaw movement on 2 of the flows spanning a candidate: speech at that very
-    # moment (the first syllable, before talk_count flows could say so; a lower-face micro-expression moves
+    # moment (the first syllable, before the talk window could say so; a lower-face micro-expression moves
     # the fitted jaw less than a syllable does)
     talk_factor: float = 0.0  # while talking the speech regions' ratios are divided by this (0: ignored)
-    talk_face_factor: float = 1.4  # ... and the other regions' ratios by this (brows and head move with speech)
+    talk_face_factor: float = 1.6  # ... and the other regions' ratios by this (brows and head move with speech)
     # penalise: while the person talks the speech regions are ignored (or need talk_factor x their
     # threshold) and the others talk_face_factor x theirs; skip: no candidate at all while the jaw
     # works at the candidate's moment (few false spots, blind during speech)
@@ -195,6 +199,7 @@ class FrameMotion:
     geometry: RegionGeometry | None = None  # frame index's regions (zones on the coarse grid)
     head_vector: np.ndarray | None = None  # the head's mean movement (px)
     jaw: float = 0.0  # the jaw's opening or closing (px, fitted movement of the chin below the mouth line)
+    jaw_y: float = 0.0  # its vertical part on the crop (+: down, the mouth opening)
 
 
 def quantile(x: np.ndarray, q: float) -> float:
@@ -336,7 +341,7 @@ class MotionScorer:
         self.last_field: np.ndarray | None = None
         self.last_head_vector = np.zeros(2)
         self.measure_jaw = True  # measure the jaw on every flow (the micro scorer; the macro scorer does not)
-        self.last_jaw = 0.0
+        self.last_jaw = self.last_jaw_y = 0.0
 
     def geometry(self, box: CropBox, landmarks: np.ndarray, depth: np.ndarray | None = None) -> RegionGeometry:
         if not self.cfg.depth_model:
@@ -411,13 +416,14 @@ class MotionScorer:
         if j != index - self.gap or jbox is None or jlm is None:
             return None
         geo = self.geometry(jbox, jlm, jdepth)
-        model, self.last_jaw = None, 0.0
+        model, self.last_jaw, self.last_jaw_y = None, 0.0, 0.0
         if self.cfg.align == "flow":
             flow, model = self.two_pass_flow(self.crop(old, jbox), self.crop(gray, jbox), geo)
         else:
             flow = self.flow(old, gray, jbox)
         vectors, eyes, head = self.reduce(flow, geo, model if self.cfg.subtract_model else None)
-        return FrameMotion(j, vectors, eyes, head, self.last_field, geo, self.last_head_vector, self.last_jaw)
+        return FrameMotion(j, vectors, eyes, head, self.last_field, geo, self.last_head_vector, self.last_jaw,
+                           self.last_jaw_y)
 
     def two_pass_flow(self, a: np.ndarray, b: np.ndarray, geo: RegionGeometry) -> tuple[np.ndarray, np.ndarray | None]:
         """(flow a -> b, the face-movement model in it). A fast coarse flow gives a model of the face's
@@ -443,7 +449,7 @@ class MotionScorer:
         ramp = self.jaw_ramp(geo, q, face) if self.measure_jaw else None
         if ramp is not None:  # the chin's movement that the head's model does not explain
             jaw = ramp @ (target[face] - q[face] @ coef) / max(float(ramp @ ramp), 1e-9)
-            self.last_jaw = float(np.hypot(*jaw))
+            self.last_jaw, self.last_jaw_y = float(np.hypot(*jaw)), float(jaw[1])
         return flow, model
 
     def jaw_ramp(self, geo: RegionGeometry, q: np.ndarray, face: np.ndarray) -> np.ndarray | None:
@@ -777,15 +783,16 @@ class Spotter:
 
     def _talking(self, c: int) -> bool:
         """Speech (or chewing) around candidate c: the tracked lips opened and closed by more than
-        talk_opening (fraction of the crop) within talk_window_s; or the jaw worked on talk_count
-        flows of the second before the candidate's own rise (MediaPipe's lips follow a small opening
-        poorly; the flow sees it); or it moves by more than talk_now_jaw at the candidate itself."""
+        talk_opening (fraction of the crop) within talk_window_s; or the jaw opened and closed (its
+        vertical movement changed direction talk_flips times) in the second before the candidate's
+        own rise (MediaPipe's lips follow a small opening poorly; the flow sees it); or it moves by
+        more than talk_now_jaw at the candidate itself."""
         near = [v for i, v in self._mouth if c - len(self._mouth) <= i <= c + self.gap]
         if len(near) >= 3 and max(near) - min(near) > self.cfg.talk_opening:
             return True
         if self.cfg.talk_jaw > 0:
             window = range(c - round(self.cfg.talk_window_s * self.fps), c - 2 * self.gap - 1)
-            if self._jaw_working(window) >= self.cfg.talk_count:
+            if self._jaw_flips(window) >= self.cfg.talk_flips:
                 return True
         return self.cfg.talk_now_jaw > 0 and self._jaw_near(c, self.cfg.talk_now_jaw)
 
@@ -793,6 +800,19 @@ class Spotter:
         """The jaw moved (> above, default talk_jaw) on at least two of the flows that span the
         candidate's frame c (c - gap .. c): speech at the candidate's own moment."""
         return self._jaw_working(range(c - self.gap, c + 1), above) >= 2
+
+    def _jaw_flips(self, flows: range) -> int:
+        """How often the jaw's vertical movement changed direction over the flows starting at frames
+        `flows` (hysteresis: only movements beyond +-talk_jaw count)."""
+        flips, side = 0, 0
+        for j in flows:
+            m = self._motion.get(j)
+            if m is None or abs(m.jaw_y) <= self.cfg.talk_jaw:
+                continue
+            now = 1 if m.jaw_y > 0 else -1
+            flips += side == -now
+            side = now
+        return flips
 
     def _jaw_working(self, flows: range, above: float | None = None) -> int:
         """How many of the flows starting at frames `flows` moved the jaw by more than `above`

@@ -234,22 +234,28 @@ def test_jaw_movement_is_measured_and_a_head_turn_is_not_a_jaw(turning_head):
     assert turned.jaw < 0.25 * opened.jaw, (turned.jaw, opened.jaw)
 
 
-def test_talking_is_the_jaw_working_repeatedly_before_a_candidate_not_one_movement():
+def test_talking_is_the_jaw_opening_and_closing_before_a_candidate_not_one_movement():
+    """Speech is the jaw opening and closing again and again in the second before a candidate's rise;
+    one movement down and back (a nod, a smile, a blink dragging the skin) is not, nor is the
+    candidate's own movement, nor movement within +-talk_jaw."""
     from slstt.realtime.spotting import FrameMotion
 
     cfg = SpotterConfig()
     c = 100
+    big = 2 * cfg.talk_jaw
 
-    def spotter_with(jaw_frames: set[int]) -> Spotter:
+    def talking(jaw_y: dict[int, float]) -> bool:
         spotter = Spotter(cfg, FPS)
         for j in range(c - 40, c + 1):
-            spotter._motion[j] = FrameMotion(j, {}, 0.0, 0.0, jaw=2 * cfg.talk_jaw if j in jaw_frames else 0.1)
-        return spotter
+            y = jaw_y.get(j, 0.0)
+            spotter._motion[j] = FrameMotion(j, {}, 0.0, 0.0, jaw=abs(y), jaw_y=y)
+        return spotter._talking(c)
 
-    syllables = {j for j in range(c - 30, c - 17) if j % 3 == 0}  # the jaw moved on every third flow
-    assert spotter_with(syllables)._talking(c)
-    assert not spotter_with({c - 20})._talking(c)  # one earlier movement is not speech
-    assert not spotter_with(set(range(c - 16, c + 1)))._talking(c)  # the candidate's own movement does not count
+    window = range(c - 30, c - 17)
+    assert talking({j: big if (j // 3) % 2 else -big for j in window})  # open, close, open, ...
+    assert not talking({j: big if j < c - 24 else -big for j in window})  # down, then back up once
+    assert not talking({j: 0.9 * cfg.talk_jaw * (1 if (j // 3) % 2 else -1) for j in window})  # within +-talk_jaw
+    assert not talking({j: big if (j // 3) % 2 else -big for j in range(c - 16, c + 1)})  # the candidate's own
 
 
 def test_wide_blur_gives_the_same_local_high_pass_as_the_full_size_blur():
