@@ -969,6 +969,17 @@ def _blink_events(rng: np.random.Generator, scene: WebcamScene, plan: WebcamPlan
 # ---------------------------------------------------------------------------------------------
 # per-frame events -> render arguments
 
+def _anchors(bumps: list[Bump], made_at: np.ndarray) -> np.ndarray:
+    """Each bump's nearest landmark at the pose it was made for: the bump rides on it (moves with the
+    3-D head and the jaw)."""
+    return np.array([int(np.argmin(np.linalg.norm(made_at - b.center, axis=1))) for b in bumps])
+
+
+def _ride(bumps: list[Bump], anchor: np.ndarray, made_at: np.ndarray, lm: np.ndarray, k: float) -> list[Bump]:
+    """The bumps moved along with their anchor landmarks from made_at to lm, their vectors scaled by k."""
+    return [Bump(b.center + lm[a] - made_at[a], k * b.vector, b.sigma) for b, a in zip(bumps, anchor, strict=True)]
+
+
 class _Animator:
     """Turns the plan's events into each frame's bumps / eye darkening / hand placement."""
 
@@ -986,9 +997,8 @@ class _Animator:
             apex_lm = scene.project(e.apex)
             hold = 0.0 if e.kind == "micro" else (e.offset - e.onset) * 0.4
             bumps = synth.motion_bumps(apex_lm, motions, e.amplitude_px, sigma_scale=1.0 if e.kind == "micro" else 1.4)
-            # each bump rides on its nearest landmark (moves with the 3-D head and the jaw)
-            anchor = np.array([int(np.argmin(np.linalg.norm(apex_lm - b.center, axis=1))) for b in bumps])
-            self.shapes.append((synth.rise_fall(t, e.onset, e.apex, e.offset, hold), bumps, anchor, apex_lm))
+            self.shapes.append((synth.rise_fall(t, e.onset, e.apex, e.offset, hold), bumps, _anchors(bumps, apex_lm),
+                                apex_lm))
         self.blinks = [(e, synth.rise_fall(t, e.onset, e.apex, e.offset)) for e in plan.events if e.kind == "blink"]
         self.hands = [e for e in plan.events if e.kind == "hand"]
         self.neutral = scene.project(0, jaw=0.0)
@@ -1009,8 +1019,7 @@ class _Animator:
             if not signed:
                 amplitude = np.abs(amplitude)
             bumps = synth.motion_bumps(neutral, (motion,), 1.0)
-            anchor = np.array([int(np.argmin(np.linalg.norm(neutral - b.center, axis=1))) for b in bumps])
-            out.append((amplitude, bumps, anchor))
+            out.append((amplitude, bumps, _anchors(bumps, neutral)))
         return out
 
     def args(self, i: int) -> dict:
@@ -1020,11 +1029,11 @@ class _Animator:
         for profile, bs, anchor, apex_lm in self.shapes:
             k = float(profile[i])
             if k > 0:
-                bumps += [Bump(b.center + lm[a] - apex_lm[a], k * b.vector, b.sigma) for b, a in zip(bs, anchor, strict=True)]
+                bumps += _ride(bs, anchor, apex_lm, lm, k)
         for amplitude, bs, anchor in self.speech:  # lips articulating (talking)
             k = float(amplitude[i])
             if abs(k) > 0.05:
-                bumps += [Bump(b.center + lm[a] - self.neutral[a], k * b.vector, b.sigma) for b, a in zip(bs, anchor, strict=True)]
+                bumps += _ride(bs, anchor, self.neutral, lm, k)
         eyes = []
         for e, profile in self.blinks:
             k = float(profile[i])
