@@ -36,23 +36,16 @@ def write_set(which: str, out: Path, seconds: float, console: Console) -> list[P
     from slstt.data import webcam
 
     seeds = webcam.TUNING_SEEDS if which == "tuning" else webcam.HELD_OUT_SEEDS
-    n_event = int(round(2 / 3 * len(seeds)))
+    # the set's layout and set.json are spotting_set's (make_webcam_video shows a progress bar per video)
+    gts = webcam.spotting_set(out, seeds, duration_s=seconds, progress=True)
     videos = []
-    for k, seed in enumerate(seeds):  # make_webcam_video shows a rich progress bar per video
-        name = f"webcam_{seed}.mp4" if k < n_event else f"webcam_{seed}_noevents.mp4"
-        start = time.perf_counter()
-        gt = webcam.make_webcam_video(out / name, seed, seconds, n_micro=9 if k < n_event else 0, progress=True)
+    for k, gt in enumerate(gts):
         info = json.loads(gt.with_name(gt.name.replace(".gt.csv", ".events.json")).read_text())
         n_micro = sum(e["kind"] == "micro" for e in info["events"])
-        console.print(f"[{k + 1}/{len(seeds)}] {name}: {seconds:g} s, face {info['face_px']:.0f} px "
-                      f"({info['identity']['name']}), {n_micro} micro, {time.perf_counter() - start:.1f} s")
-        videos.append(out / name)
-    from slstt.io import atomic_write_json
-
-    atomic_write_json(out / "set.json", {"kind": "slstt.synth.webcam_set", "set": which,
-                                         "generator_version": webcam.GENERATOR_VERSION, "seeds": list(seeds),
-                                         "event_seeds": list(seeds[:n_event]), "duration_s": seconds,
-                                         "videos": [v.name for v in videos]})
+        video = gt.with_name(gt.name.replace(".gt.csv", ".mp4"))
+        console.print(f"[{k + 1}/{len(gts)}] {video.name}: {seconds:g} s, face {info['face_px']:.0f} px "
+                      f"({info['identity']['name']}), {n_micro} micro")
+        videos.append(video)
     return videos
 
 
@@ -67,16 +60,13 @@ def hand_frames(video: Path) -> set[int]:
 
 def rigid_motion(flow: np.ndarray, mask: np.ndarray) -> float:
     """Mean magnitude of a robust affine fit of the flow inside mask (30 % worst points dropped)."""
+    from slstt.realtime.spotting import robust_fit
+
     ys, xs = np.nonzero(mask[::4, ::4])
     ys, xs = ys * 4, xs * 4
     a = np.stack([np.ones_like(xs), xs, ys], 1).astype(np.float64)
     b = flow[ys, xs].astype(np.float64)
-    keep = np.ones(len(a), bool)
-    coef = np.zeros((3, 2))
-    for _ in range(2):
-        coef, *_ = np.linalg.lstsq(a[keep], b[keep], rcond=None)
-        res = np.linalg.norm(a @ coef - b, axis=1)
-        keep = keep & (res <= np.quantile(res[keep], 0.7))
+    coef, keep = robust_fit(a, b, np.ones(len(a), bool))  # the live spotter's own fit
     return float(np.linalg.norm(a[keep] @ coef, axis=1).mean())
 
 
