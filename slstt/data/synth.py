@@ -794,6 +794,10 @@ def synth_command(
     video_seconds: float = typer.Option(40, "--video-seconds", help="Length of each long video in seconds."),
     style: str = typer.Option("classic", "--style", help="classic: corpus + 2-D-motion long videos; webcam: only "
                               "webcam-like long videos (3-D head, talking, hand, H.264), see slstt.data.webcam."),
+    inject: Path | None = typer.Option(None, "--inject", metavar="VIDEO", help="Put micro events (1.5/2.5/4 px, "
+                                       "AU-placed, known times) into YOUR OWN video instead: --videos copies with "
+                                       "events plus one control without, under OUT_DIR/videos/, with ground truth "
+                                       "for `slstt analyze OUT_DIR/videos` (see slstt.data.inject)."),
 ) -> None:
     """Generate a synthetic micro-expression corpus and long test videos with ground truth."""
     from rich.console import Console
@@ -819,6 +823,9 @@ def synth_command(
     def say(what: str, path: Path, details: str) -> None:
         console.print(f"[bold]{what:<12}[/bold] {path}  [dim]{details}[/dim]", soft_wrap=True, highlight=False)
 
+    if inject is not None:
+        _injected_videos(inject, out_dir, videos, seed, say)
+        return
     if style == "webcam":
         _webcam_videos(out_dir, videos, video_seconds, seed, say)
         return
@@ -854,3 +861,17 @@ def _webcam_videos(out_dir: Path, videos: int, seconds: float, seed: int, say) -
         gt = make_webcam_video(video, seed=seed * 1000 + 100 + k, duration_s=seconds, n_micro=n_micro, progress=True)
         say("video", video, f"webcam style, {seconds:g} s, {n_micro} micro, ground truth {gt.name}, "
             f"{time.perf_counter() - start:.1f} s")
+
+
+def _injected_videos(video: Path, out_dir: Path, copies: int, seed: int, say) -> None:
+    """`slstt synth --inject VIDEO`: micro events put into a real video (slstt.data.inject)."""
+    from slstt.data.inject import inject_videos
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SlsttError(f"OUT_DIR {out_dir} is a file; pass a folder (it is created when missing)")
+    start = time.perf_counter()
+    gts = inject_videos(video, out_dir / "videos", copies=copies, seed=seed, progress=True)
+    for gt in gts:
+        n = sum(1 for line in gt.read_text(encoding="utf-8").splitlines()[1:] if line.startswith("micro,"))
+        say("video", gt.with_name(gt.name.replace(".gt.csv", ".mp4")), f"{n} micro events, ground truth {gt.name}")
+    say("score it", out_dir / "videos", f"slstt analyze {out_dir / 'videos'}  ({time.perf_counter() - start:.1f} s)")
