@@ -16,18 +16,6 @@ from slstt.data import inject, synth, webcam
 from slstt.errors import SlsttError
 
 
-def frames_of(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    out = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        out.append(frame)
-    cap.release()
-    return out
-
-
 @pytest.fixture(scope="module")
 def injected(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     # the source stands in for the user's footage: a moving, talking face with no micro events
@@ -37,7 +25,7 @@ def injected(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]
     return src, gts
 
 
-def test_events_are_where_the_ground_truth_says(injected: tuple[Path, list[Path]]) -> None:
+def test_events_are_where_the_ground_truth_says(injected: tuple[Path, list[Path]], read_video) -> None:
     src, (gt, control_gt) = injected
     rows = list(csv.DictReader(gt.open()))
     assert [r["kind"] for r in rows] == ["micro", "micro"]
@@ -52,8 +40,8 @@ def test_events_are_where_the_ground_truth_says(injected: tuple[Path, list[Path]
     assert info["source"]["sha256"] == inject._sha256(src)
     # the copy and the control are the same footage encoded alike: frames before the first event decode
     # alike (x264's rate control looks ahead, so not always bit-identical), the apex differs, near the face
-    video, control = frames_of(gt.with_name("talk_inj2_0.mp4")), frames_of(control_gt.with_name("talk_noevents.mp4"))
-    assert len(video) == len(control) == len(frames_of(src))
+    video, control = read_video(gt.with_name("talk_inj2_0.mp4"))[0], read_video(control_gt.with_name("talk_noevents.mp4"))[0]
+    assert len(video) == len(control) == len(read_video(src)[0])
     first = int(rows[0]["onset_frame"])
     for i in range(first - 4):
         assert np.abs(video[i].astype(int) - control[i].astype(int)).mean() < 0.5, i
