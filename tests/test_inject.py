@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def test_events_are_where_the_ground_truth_says(injected: tuple[Path, list[Path]
     assert list(csv.DictReader(control_gt.open())) == []
     info = json.loads(gt.with_name("talk_inj2_0.events.json").read_text())
     assert info["kind"] == inject.INJECT_KIND and info["source"]["name"] == src.name
-    assert info["source"]["sha256"] == inject._sha256(src)
+    assert info["source"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     # the copy and the control are the same footage encoded alike: frames before the first event decode
     # alike (x264's rate control looks ahead, so not always bit-identical), the apex differs, near the face
     video, control = read_video(gt.with_name("talk_inj2_0.mp4"))[0], read_video(control_gt.with_name("talk_noevents.mp4"))[0]
@@ -95,6 +96,11 @@ def test_bad_input_is_one_clear_line(injected: tuple[Path, list[Path]], tmp_path
     with pytest.raises(SlsttError, match="was not written by"):
         inject.inject_videos(src, tmp_path / "o")
     assert foreign.read_bytes() == b"someone else's file"
+    foreign.unlink()
+    foreign.with_suffix(".gt.csv").write_text("someone else's table\n")  # without its video: still theirs
+    with pytest.raises(SlsttError, match="was not written by"):
+        inject.inject_videos(src, tmp_path / "o")
+    assert foreign.with_suffix(".gt.csv").read_text() == "someone else's table\n"
     run = subprocess.run([sys.executable, "-m", "slstt.cli", "synth", str(tmp_path / "c"), "--inject", str(junk)],
                          capture_output=True, text=True)
     assert run.returncode != 0 and "Traceback" not in run.stderr

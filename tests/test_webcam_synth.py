@@ -309,6 +309,11 @@ def test_bad_arguments_raise_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(SlsttError, match="was not written by"):
         webcam.make_webcam_video(foreign, duration_s=3, size=SMALL)
     assert foreign.read_bytes() == b"not ours"
+    table = tmp_path / "theirs.gt.csv"  # someone's ground truth, without a video of that name
+    table.write_text("kind\n")
+    with pytest.raises(SlsttError, match="was not written by"):
+        webcam.make_webcam_video(tmp_path / "theirs.mp4", duration_s=3, size=SMALL)
+    assert table.read_text() == "kind\n"
     with pytest.raises(SlsttError, match="cannot place 9 micro"):
         webcam.plan_webcam_video(0, duration_s=6, size=SMALL, n_micro=9)
 

@@ -18,7 +18,6 @@ webcam.QUIET_HEAD_PX (crop-112 px per 0.2 s); busy otherwise. Frames without a d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict
@@ -31,7 +30,6 @@ from slstt.data import synth
 from slstt.data.webcam import (
     CROP_PX,
     GAP_S,
-    GT_COLUMNS,
     MICRO_AMPLITUDES,
     MICRO_REGIONS,
     MICRO_VARIANTS,
@@ -40,6 +38,8 @@ from slstt.data.webcam import (
     _anchors,
     _H264Writer,
     _ride,
+    check_replaceable,
+    gt_rows,
 )
 from slstt.errors import SlsttError
 
@@ -131,10 +131,12 @@ def _contexts(lm: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plan_injection(lm: np.ndarray, fps: float, seed: int, n_micro: int | None = None,
-                   amplitudes: tuple[float, ...] = MICRO_AMPLITUDES) -> list[WebcamEvent]:
+                   amplitudes: tuple[float, ...] = MICRO_AMPLITUDES,
+                   contexts: tuple[np.ndarray, np.ndarray] | None = None) -> list[WebcamEvent]:
     """Micro events at random free moments of the tracked face (>= webcam.GAP_S apart, 1 s from the
     start); regions cycle through webcam.MICRO_REGIONS, amplitudes through `amplitudes`. n_micro None:
-    one per 2 s of face. Fewer are placed (never an error) when the face is not there long enough."""
+    one per 2 s of face. Fewer are placed (never an error) when the face is not there long enough.
+    contexts: _contexts(lm, fps) when already computed (one per video, not per copy)."""
     n = len(lm)
     rng = np.random.default_rng([seed, 71])
     face = np.isfinite(lm[:, 0, 0])
@@ -143,7 +145,7 @@ def plan_injection(lm: np.ndarray, fps: float, seed: int, n_micro: int | None = 
     taken = ~face
     taken[:int(1.0 * fps)] = True
     taken[max(0, n - int(0.8 * fps)):] = True
-    talking, speed = _contexts(lm, fps)
+    talking, speed = _contexts(lm, fps) if contexts is None else contexts
     pad = int(round(0.15 * fps))
     # the cycle starts at a seed-dependent amplitude: short videos with one or two events still cover all
     amps = [amplitudes[(k + seed) % len(amplitudes)] for k in range(n_micro)]
@@ -200,29 +202,13 @@ def warp(frame: np.ndarray, bumps: list[synth.Bump]) -> np.ndarray:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_outputs(video: Path, outs: list[Path]) -> None:
     """Never the input; only our own earlier output (its events.json says so) may be replaced."""
     src = video.resolve()
     for out in outs:
-        files = (out, out.with_suffix(".gt.csv"), out.with_suffix(".events.json"))
-        if any(f.resolve() == src for f in files):
+        if any(f.resolve() == src for f in (out, out.with_suffix(".gt.csv"), out.with_suffix(".events.json"))):
             raise SlsttError(f"--inject: the output {out} would overwrite the input video; choose another OUT_DIR")
-        if any(f.exists() for f in files):
-            try:
-                ours = json.loads(files[2].read_text(encoding="utf-8")).get("kind") == INJECT_KIND
-            except (OSError, ValueError, AttributeError):
-                ours = False
-            if not ours or any(f.exists() and not f.is_file() for f in files):
-                raise SlsttError(f"--inject: {out} (or its .gt.csv / .events.json) exists and was not written by "
-                                 "`slstt synth --inject`; choose another OUT_DIR")
+        check_replaceable(out, INJECT_KIND, "slstt synth --inject")
 
 
 def inject_videos(video: str | os.PathLike, out_dir: str | os.PathLike, copies: int = 1, seed: int = 0,
@@ -245,11 +231,14 @@ def inject_videos(video: str | os.PathLike, out_dir: str | os.PathLike, copies: 
     face_frames = int(np.isfinite(lm[:, 0, 0]).sum())
     if face_frames == 0:
         raise SlsttError(f"--inject: no face found in {video}; use footage with one face in view")
-    source = {"name": video.name, "sha256": _sha256(video), "frames": len(lm), "face_frames": face_frames}
+    from slstt.provenance import file_sha256
+
+    source = {"name": video.name, "sha256": file_sha256(video), "frames": len(lm), "face_frames": face_frames}
+    contexts = _contexts(lm, fps)
     gts = []
     for k, out in enumerate(outs):
         control = k == copies
-        events = [] if control else plan_injection(lm, fps, seed * 1000 + k, n_micro)
+        events = [] if control else plan_injection(lm, fps, seed * 1000 + k, n_micro, contexts=contexts)
         shapes = _shapes(events, lm)
         with _H264Writer(out, fps, size, crf) as write, \
                 synth._progress(progress, f"writing {out.name}", len(lm)) as advance:
@@ -259,13 +248,10 @@ def inject_videos(video: str | os.PathLike, out_dir: str | os.PathLike, copies: 
                 bumps = [b for e, profile, made, anchor in shapes if e.onset < i < e.offset and profile[i] > 0
                          for b in _ride(made, anchor, lm[e.apex].astype(np.float64), lm[i].astype(np.float64),
                                         float(profile[i]))]
-                write(warp(frame, bumps) if bumps else frame)
+                write(warp(frame, bumps))
                 advance()
         gt = out.with_suffix(".gt.csv")
-        rows = [GT_COLUMNS] + [f"{e.kind},{e.label},{e.onset},{e.apex},{e.offset},{e.onset / fps:.4f},"
-                               f"{e.apex / fps:.4f},{e.offset / fps:.4f},{e.region},{e.amplitude_px:g},{e.context},"
-                               f"{video.stem}" for e in events]
-        atomic_write_text(gt, "\n".join(rows) + "\n")
+        atomic_write_text(gt, "\n".join(gt_rows(events, fps, video.stem)) + "\n")
         info = {"kind": INJECT_KIND, "version": INJECT_VERSION, "source": source, "seed": None if control else [seed * 1000 + k, 71],
                 "fps": fps, "size": list(size), "n_frames": len(lm), "crf": crf,
                 "amplitude_definition": "micro amplitude_px: peak displacement (video px) of the injected warp at the apex",

@@ -1176,11 +1176,12 @@ def _one_blas_thread():
     return threadpool_limits(1)
 
 
-def _gt_rows(plan: WebcamPlan) -> list[str]:
-    fps, rows = plan.fps, [GT_COLUMNS]
-    for e in plan.events:
+def gt_rows(events: list[WebcamEvent], fps: float, face: str) -> list[str]:
+    """The lines of a <name>.gt.csv (GT_COLUMNS first): what `slstt analyze` scores."""
+    rows = [GT_COLUMNS]
+    for e in events:
         rows.append(f"{e.kind},{e.label},{e.onset},{e.apex},{e.offset},{e.onset / fps:.4f},{e.apex / fps:.4f},"
-                    f"{e.offset / fps:.4f},{e.region},{e.amplitude_px:g},{e.context},{plan.identity}")
+                    f"{e.offset / fps:.4f},{e.region},{e.amplitude_px:g},{e.context},{face}")
     return rows
 
 
@@ -1215,17 +1216,19 @@ def _camera(plan: WebcamPlan) -> synth.Lighting:
     return synth.Lighting(noise, plan.gain, plan.tilt)
 
 
-def _check_replaceable(out_path: Path) -> None:
-    """Only our own earlier output (its events.json says so) may be replaced."""
+def check_replaceable(out_path: Path, kind: str = WEBCAM_KIND, writer: str = "slstt synth --style webcam") -> None:
+    """Only our own earlier output (its events.json says `kind`) may be replaced: the video, its
+    .gt.csv and its .events.json alike."""
+    files = (out_path, out_path.with_suffix(".gt.csv"), out_path.with_suffix(".events.json"))
     if out_path.exists() and not out_path.is_file():
         raise SlsttError(f"{out_path} is a folder; pass a .mp4 file name")
-    if out_path.exists():
+    if any(f.exists() for f in files):
         try:
-            ours = json.loads(out_path.with_suffix(".events.json").read_text(encoding="utf-8")).get("kind") == WEBCAM_KIND
+            ours = json.loads(files[2].read_text(encoding="utf-8")).get("kind") == kind
         except (OSError, ValueError, AttributeError):
             ours = False
-        if not ours:
-            raise SlsttError(f"{out_path} exists and was not written by `slstt synth --style webcam`; "
+        if not ours or any(f.exists() and not f.is_file() for f in files):
+            raise SlsttError(f"{out_path} (or its .gt.csv / .events.json) exists and was not written by `{writer}`; "
                              "choose another name or folder")
 
 
@@ -1241,7 +1244,7 @@ def make_webcam_video(out_path: str | os.PathLike, seed: int = 0, duration_s: fl
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".mp4":
         raise SlsttError(f"webcam video name must end in .mp4, got {out_path.name}")
-    _check_replaceable(out_path)
+    check_replaceable(out_path)
     plan, scene = plan_webcam_video(seed, duration_s, fps, size, n_micro, identity, face_px)
     animator = _Animator(scene, plan)
     lighting, rng = _camera(plan), np.random.default_rng([plan.seed, 32])
@@ -1251,7 +1254,7 @@ def make_webcam_video(out_path: str | os.PathLike, seed: int = 0, duration_s: fl
             write(lighting.apply(scene.render(i, **animator.args(i)), i, rng))
             advance()
     gt_path = out_path.with_suffix(".gt.csv")
-    atomic_write_text(gt_path, "\n".join(_gt_rows(plan)) + "\n")
+    atomic_write_text(gt_path, "\n".join(gt_rows(plan.events, plan.fps, plan.identity)) + "\n")
     stride = max(1, int(round(plan.fps / 10)))
     info = {
         "kind": WEBCAM_KIND, "generator_version": GENERATOR_VERSION, "seed": seed, "fps": fps, "size": list(size), "n_frames": plan.n_frames,
