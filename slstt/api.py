@@ -86,16 +86,21 @@ class Detector:
 
     def analyze(self, video: PathLike, out: PathLike | None = None, ground_truth: PathLike | None = None, *,
                 record: PathLike | None = None, overwrite: bool = False, progress: bool = False,
-                on_warning: Callable[[str], None] | None = None) -> AnalyzeResult | PooledResult:
+                on_warning: Callable[[str], None] | None = None, explain: bool = False) -> AnalyzeResult | PooledResult:
         """`slstt analyze`: every frame of a video; with `out` the files (events.jsonl/csv,
         timeline.png, summary.json), with `ground_truth` the MEGC spotting scores. A folder (videos with
-        <stem>.gt.csv) or a CSV list (video,ground_truth) gives pooled scores (needs `out`)."""
+        <stem>.gt.csv) or a CSV list (video,ground_truth) gives pooled scores (needs `out`); with
+        explain=True also why each missed micro event was missed (PooledResult.explained, explain.csv)."""
         video = Path(video)
         if video.is_dir() or video.suffix.lower() == ".csv":
             if out is None:
                 raise SlsttError(f"{video}: many videos write per-video results; pass out=FOLDER")
             return analyze_many(video, Path(out), model=self.model, config=self.config, overwrite=overwrite,
-                                face_model=self.face_model, progress=progress, on_warning=on_warning)
+                                face_model=self.face_model, progress=progress, on_warning=on_warning,
+                                explain=explain)
+        if explain:
+            raise SlsttError(f"{video}: explain=True needs a folder or CSV list of videos with ground truth "
+                             "(slstt.realtime.explain.explain_video explains one video)")
         return analyze_one(video, Path(out) if out is not None else None, model=self.model,
                            ground_truth=Path(ground_truth) if ground_truth else None, config=self.config,
                            record=Path(record) if record else None, overwrite=overwrite,
@@ -124,7 +129,7 @@ def analyze_one(video: Path, out: Path | None, *, model: Path | None, ground_tru
 
 def analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, overwrite: bool,
                  face_model: Path | None, progress: bool = False,
-                 on_warning: Callable[[str], None] | None = None) -> PooledResult:
+                 on_warning: Callable[[str], None] | None = None, explain: bool = False) -> PooledResult:
     """Many videos (`slstt analyze DIR|LIST.csv`): outputs checked, then pooled scores."""
     from slstt.realtime import analyze
 
@@ -134,7 +139,8 @@ def analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, over
     analyze.check_analyze_outputs(out, record=None, inputs=inputs, overwrite=overwrite,
                                   names=tuple(n for n in analyze.POOLED_OUTPUTS if n != "videos"),
                                   folders=("videos",))
-    return analyze.analyze_many(items, out, model=model, config=config, progress=progress, on_warning=on_warning)
+    return analyze.analyze_many(items, out, model=model, config=config, progress=progress, on_warning=on_warning,
+                                explain=explain)
 
 
 # --- training ------------------------------------------------------------------------------------
