@@ -427,7 +427,8 @@ def _pooled_numbers(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-POOLED_OUTPUTS = ("pooled.json", "per_video.csv", "per_group.csv", "pooled.png", "explain.csv", "videos")  # in --out
+POOLED_OUTPUTS = ("pooled.json", "per_video.csv", "per_group.csv", "pooled.png", "explain.csv", "explain.png",
+                  "videos")  # in --out
 
 
 class _Pool:
@@ -506,11 +507,13 @@ def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Pa
         pool.add(item.video, result, truth)
         if trace is not None:
             runs[item.video] = (result, truth, trace)
-            spotter = (config or LiveConfig()).spotter
-            pool.rows[-1]["rules_open"] = round(why.open_fraction(trace, spotter, result.video_fps or 30.0), 4)
+            spotter, fps = (config or LiveConfig()).spotter, result.video_fps or 30.0
+            pool.rows[-1]["rules_open"] = round(why.open_fraction(trace, spotter, fps), 4)
+            pool.rows[-1].update({k: round(v, 4) for k, v in why.context_fractions(trace, spotter, fps).items()})
     explained = why.explain_runs(runs, config) if explain else None
     if explained is not None:
         why.write_csv(out / "explain.csv", explained)
+        why.plot(out / "explain.png", explained)
     groups, pooled = pool.groups(), _pooled_numbers(pool.rows)
     _write_table(out / "per_video.csv", pool.rows)
     _write_table(out / "per_group.csv", groups)
@@ -574,10 +577,11 @@ def pooled_lines(result: PooledResult) -> list[str]:
     if result.explained is not None:
         from slstt.realtime.explain import summary_lines as why_lines
 
-        opened = [(Path(r["video"]).stem, r["rules_open"]) for r in result.videos if "rules_open" in r]
-        lines.append("open (speech, blink, a longer expression or a fast head leave some region open) on this "
-                     "fraction of candidate frames: "
-                     + ", ".join(f"{name} {value:.2f}" for name, value in opened))
-        lines.append(f"why events were missed (per event: {result.out_dir / 'explain.csv'}):")
+        lines.append("fraction of candidate frames: open (speech, blink, a longer expression or a fast head leave "
+                     "some region open) / speech / blink:")
+        lines += [f"  {Path(r['video']).stem}: {r['rules_open']:.2f} / {r['speech_frames']:.2f} / {r['blink_frames']:.2f}"
+                  for r in result.videos if "rules_open" in r]
+        lines.append(f"why events were missed (per event: {result.out_dir / 'explain.csv'}; plot: "
+                     f"{result.out_dir / 'explain.png'}):")
         lines += ["  " + line for line in why_lines(result.explained)]
     return lines

@@ -141,6 +141,16 @@ def open_fraction(trace: dict[int, CandidateTrace], cfg: SpotterConfig, fps: flo
     return opened / len(frames) if frames else 0.0
 
 
+def context_fractions(trace: dict[int, CandidateTrace], cfg: SpotterConfig, fps: float) -> dict[str, float]:
+    """How often each context rule was on, as a fraction of the candidate frames after the warm-up:
+    speech (talking), blink, a longer expression under way, a fast head."""
+    frames = [t for t in trace.values() if t.index / fps >= cfg.warmup_s]
+    n = max(len(frames), 1)
+    return {"speech_frames": sum(bool(t.speech) for t in frames) / n, "blink_frames": sum(t.blink for t in frames) / n,
+            "macro_frames": sum(bool(t.macro) for t in frames) / n,
+            "fast_head_frames": sum(t.head > cfg.head_fast for t in frames) / n}
+
+
 def explain_events(video: str, truth: list[GroundTruth], trace: dict[int, CandidateTrace], spots: list[Any],
                    matched: set[tuple[int, int]], cfg: SpotterConfig, fps: float,
                    control: dict[int, CandidateTrace] | None = None) -> list[EventExplanation]:
@@ -257,3 +267,45 @@ def write_csv(path: str | Path, events: list[EventExplanation]) -> Path:
     for e in events:
         w.writerow(e.row())
     return atomic_write_text(path, buf.getvalue())
+
+
+def plot(path: str | Path, events: list[EventExplanation]) -> Path:
+    """explain.png: per amplitude, the events found / strong but missed / the rest; and, for the missed
+    ones, how often each rule stood in the way (dark: the only one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slstt.io import atomic_savefig
+
+    groups = sorted({e.amplitude_px for e in events if e.amplitude_px is not None}) or [None]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    ax = axes[0]
+    for i, a in enumerate(groups):
+        these = [e for e in events if a is None or e.amplitude_px == a]
+        found = sum(e.found for e in these)
+        strong = sum(bool(e.strong) and not e.found for e in these)
+        ax.bar(i, found, color="tab:green", label="found" if i == 0 else None)
+        ax.bar(i, strong, bottom=found, color="tab:orange", label="strong, missed" if i == 0 else None)
+        ax.bar(i, len(these) - found - strong, bottom=found + strong, color="tab:gray",
+               label="missed, not strong" if i == 0 else None)
+    ax.set_xticks(range(len(groups)), ["all" if a is None else f"{a:g} px" for a in groups])
+    ax.set_ylabel("micro events")
+    ax.set_title("strong: the event alone passes its region's threshold (needs a control)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
+    ax = axes[1]
+    missed = [e for e in events if not e.found]
+    every = Counter(r for e in missed for r in e.reasons).most_common()
+    alone = Counter(e.reasons[0] for e in missed if len(e.reasons) == 1)
+    ax.barh(range(len(every)), [n for _, n in every], color="tab:red", alpha=0.4, label="in the way")
+    ax.barh(range(len(every)), [alone[r] for r, _ in every], color="tab:red", label="the only rule")
+    ax.set_yticks(range(len(every)), [r for r, _ in every], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("missed events")
+    ax.set_title(f"{len(missed)} of {len(events)} missed: what stood in the way at their best chance", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = atomic_savefig(path, fig, dpi=110)
+    plt.close(fig)
+    return out

@@ -63,6 +63,8 @@ def test_rules_are_the_spotters() -> None:
         (93, {"moved_before": frozenset({"inner_brow_r", "lip_corner_r"})}), (94, {"speech": "penalised"}),
         (95, {"blink": True, "macro": frozenset({"lip_corner_r"})}), (96, {"head": cfg.head_fast + 1}))}
     assert explain.open_fraction(frames, cfg, 30.0) == 4 / 7  # 90, 92, 93 and 94 (the brow, penalised)
+    assert explain.context_fractions(frames, cfg, 30.0) == {"speech_frames": 2 / 7, "blink_frames": 1 / 7,
+                                                            "macro_frames": 1 / 7, "fast_head_frames": 1 / 7}
 
 
 def test_every_event_is_found_or_has_a_reason_and_its_lift_is_measured(injected: tuple[Path, Path],
@@ -97,9 +99,11 @@ def test_every_event_is_found_or_has_a_reason_and_its_lift_is_measured(injected:
     rows = list(csv.DictReader((tmp_path / "pooled" / "explain.csv").open()))
     assert [r["reasons"] for r in rows] == ["; ".join(e.reasons) for e in result.events]
     assert any(line.startswith("why events were missed") for line in pooled_lines(pooled))
+    assert (tmp_path / "pooled" / "explain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     per_video = {Path(r["video"]).name: r for r in csv.DictReader((tmp_path / "pooled" / "per_video.csv").open())}
     assert 0.0 < float(per_video[copy.name]["rules_open"]) <= 1.0  # traced: the copy and its control
     assert 0.0 < float(per_video[control.name]["rules_open"]) <= 1.0
+    assert 0.0 < float(per_video[control.name]["speech_frames"]) < 1.0  # the source talks part of the time
 
 
 def test_cli_explains_a_folder_and_refuses_a_single_video(injected: tuple[Path, Path], tmp_path: Path) -> None:
