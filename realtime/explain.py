@@ -279,7 +279,7 @@ def plot(path: str | Path, events: list[EventExplanation]) -> Path:
 
     from slstt.io import atomic_savefig
 
-    groups = sorted({e.amplitude_px for e in events if e.amplitude_px is not None}) or [None]
+    groups: list[float | None] = [*sorted({e.amplitude_px for e in events if e.amplitude_px is not None})] or [None]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     ax = axes[0]
     for i, a in enumerate(groups):
