@@ -170,6 +170,7 @@ class AnalyzeResult:
     out_dir: Path | None  # None: nothing written (the Python API without out=)
     face_frames: int = 0
     spot_frames: int = 0  # face frames on which the spotter produced a finite score
+    context: dict[str, float] = field(default_factory=dict)  # explain.ContextTally.fractions(): rules_open, ...
 
     @property
     def spot_ratio(self) -> float:
@@ -289,6 +290,7 @@ def analyze_video(video: str | Path, out_dir: str | Path | None, *, model: str |
     score against the ground truth when given. trace: a dict the spotter fills with every candidate
     frame's CandidateTrace (slstt.realtime.explain)."""
     from slstt.realtime.capture import VideoSource
+    from slstt.realtime.explain import ContextTally
     from slstt.realtime.pipeline import LiveConfig, LivePipeline
     from slstt.realtime.runner import StreamRunner
 
@@ -307,7 +309,8 @@ def analyze_video(video: str | Path, out_dir: str | Path | None, *, model: str |
         if out is not None:
             _make_out_dir(out)
         pipe = LivePipeline(config or LiveConfig(), model=model, on_warning=warn)
-        pipe.spot_trace = trace
+        # how often the spotter was open and each context rule on (summary); every frame's trace when asked
+        tally = pipe.spot_trace = ContextTally(pipe.config.spotter, source.fps if source.fps > 0 else 30.0, trace)
         events_sink, sinks = _analyze_sinks(out, record, progress, source, Path(str(video)).name, warn)
         outcome = StreamRunner(source, pipe, sinks).run()
     finally:
@@ -321,7 +324,7 @@ def analyze_video(video: str | Path, out_dir: str | Path | None, *, model: str |
     stats = pipe.stats
     result = AnalyzeResult(events, stats.frames, stats.frames / outcome.wall_s if outcome.wall_s > 0 else 0.0,
                            source.fps, score_spotting(events, truth) if truth is not None else None, warnings, out,
-                           stats.face_frames, stats.spot_frames)
+                           stats.face_frames, stats.spot_frames, tally.fractions())
     if out is not None:
         _write_analysis(out, result, pipe.history, truth, video, model)
     return result
@@ -336,17 +339,26 @@ def _write_analysis(out: Path, result: AnalyzeResult, history: list[tuple[int, f
     atomic_write_json(files.summary, {
         "video": str(video), "frames": result.frames, "video_fps": result.video_fps,
         "processing_fps": round(result.fps, 1), "face_frames": result.face_frames,
-        "spot_frames": result.spot_frames, "spot_ratio": round(result.spot_ratio, 4), "events": len(events),
+        "spot_frames": result.spot_frames, "spot_ratio": round(result.spot_ratio, 4), **result.context,
+        "events": len(events),
         "micro": sum(e.kind == "micro" for e in events), "macro": sum(e.kind == "macro" for e in events),
         "model": str(model) if model else None, "warnings": result.warnings,
         "scores": scores.to_dict() if scores else None,
     })
 
 
+def context_line(c: dict[str, float]) -> str:
+    return (f"spotter open on {c['rules_open']:.0%} of frames after the warm-up (talking {c['speech_frames']:.0%}, "
+            f"blink {c['blink_frames']:.0%}, a longer expression {c['macro_frames']:.0%}, fast head "
+            f"{c['fast_head_frames']:.0%})")
+
+
 def summary_lines(result: AnalyzeResult) -> list[str]:
     lines = [f"{result.frames} frames at {result.fps:.0f} fps: {len(result.events)} events "
              f"({sum(e.kind == 'micro' for e in result.events)} micro, "
              f"{sum(e.kind == 'macro' for e in result.events)} macro) -> {result.out_dir}"]
+    if result.context:
+        lines.append(context_line(result.context) + "; why: README, \"Why an event was missed\"")
     s = result.scores
     if s is not None:
         lines.append(f"spotting (IoU >= 0.5, micro): precision {s.precision:.3f}  recall {s.recall:.3f}  "
@@ -447,7 +459,7 @@ class _Pool:
                           "face_frames": result.face_frames, "spot_frames": result.spot_frames,
                           "truth": s.truth, "spotted": s.spotted, "tp": s.tp, "precision": round(s.precision, 4),
                           "recall": round(s.recall, 4), "f1": round(s.f1, 4),
-                          "processing_fps": round(result.fps, 1)})
+                          "processing_fps": round(result.fps, 1), **result.context})
         found = {(m["truth_onset"], m["truth_offset"]) for m in s.matches}
         for g in truth:
             if g.kind == "micro":
@@ -491,7 +503,6 @@ def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Pa
     explain: also say why each missed micro event was missed (explain.csv; slstt.realtime.explain),
     with its lift over the control when the control of an injected copy is among the videos."""
     from slstt.realtime import explain as why
-    from slstt.realtime.pipeline import LiveConfig
 
     out = Path(out_dir)
     _make_out_dir(out)
@@ -507,9 +518,6 @@ def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Pa
         pool.add(item.video, result, truth)
         if trace is not None:
             runs[item.video] = (result, truth, trace)
-            spotter, fps = (config or LiveConfig()).spotter, result.video_fps or 30.0
-            pool.rows[-1]["rules_open"] = round(why.open_fraction(trace, spotter, fps), 4)
-            pool.rows[-1].update({k: round(v, 4) for k, v in why.context_fractions(trace, spotter, fps).items()})
     explained = why.explain_runs(runs, config) if explain else None
     if explained is not None:
         why.write_csv(out / "explain.csv", explained)
@@ -577,10 +585,8 @@ def pooled_lines(result: PooledResult) -> list[str]:
     if result.explained is not None:
         from slstt.realtime.explain import summary_lines as why_lines
 
-        lines.append("fraction of candidate frames: open (speech, blink, a longer expression or a fast head leave "
-                     "some region open) / speech / blink:")
-        lines += [f"  {Path(r['video']).stem}: {r['rules_open']:.2f} / {r['speech_frames']:.2f} / {r['blink_frames']:.2f}"
-                  for r in result.videos if "rules_open" in r]
+        lines.append("per video:")
+        lines += [f"  {Path(r['video']).stem}: {context_line(r)}" for r in result.videos if "rules_open" in r]
         lines.append(f"why events were missed (per event: {result.out_dir / 'explain.csv'}; plot: "
                      f"{result.out_dir / 'explain.png'}):")
         lines += ["  " + line for line in why_lines(result.explained)]

@@ -129,26 +129,39 @@ def rules_against(t: CandidateTrace, site: str, cfg: SpotterConfig, fps: float) 
     return ratio, reasons
 
 
-def open_fraction(trace: dict[int, CandidateTrace], cfg: SpotterConfig, fps: float) -> float:
-    """Fraction of the candidate frames after the warm-up on which the context rules (speech, blink,
-    longer expression, head moving fast) leave at least one region open: a large enough movement
-    rising from calm there would open an interval."""
-    frames = [t for t in trace.values() if t.index / fps >= cfg.warmup_s]
-    opened = 0
-    for t in frames:
-        probe = replace(t, scores=dict.fromkeys(t.scores, 1e9), moved_before=frozenset())
-        opened += any(not rules_against(probe, region, cfg, fps)[1] for region in t.scores)
-    return opened / len(frames) if frames else 0.0
+def is_open(t: CandidateTrace, cfg: SpotterConfig, fps: float) -> bool:
+    """The context rules (speech, blink, a longer expression, a fast head, the warm-up) leave at least
+    one region open at candidate t: a large enough movement rising from calm would open an interval."""
+    probe = replace(t, scores=dict.fromkeys(t.scores, 1e9), moved_before=frozenset())
+    return any(not rules_against(probe, region, cfg, fps)[1] for region in t.scores)
 
 
-def context_fractions(trace: dict[int, CandidateTrace], cfg: SpotterConfig, fps: float) -> dict[str, float]:
-    """How often each context rule was on, as a fraction of the candidate frames after the warm-up:
-    speech (talking), blink, a longer expression under way, a fast head."""
-    frames = [t for t in trace.values() if t.index / fps >= cfg.warmup_s]
-    n = max(len(frames), 1)
-    return {"speech_frames": sum(bool(t.speech) for t in frames) / n, "blink_frames": sum(t.blink for t in frames) / n,
-            "macro_frames": sum(bool(t.macro) for t in frames) / n,
-            "fast_head_frames": sum(t.head > cfg.head_fast for t in frames) / n}
+class ContextTally:
+    """A Spotter.trace sink that keeps counts, not frames (optionally also every trace in `keep`): how
+    often, after the warm-up, the spotter was open (is_open) and each context rule was on."""
+
+    def __init__(self, cfg: SpotterConfig, fps: float, keep: dict[int, CandidateTrace] | None = None) -> None:
+        self.cfg, self.fps, self.keep = cfg, fps, keep
+        self.counts = dict.fromkeys(("frames", "open", "speech", "blink", "macro", "fast_head"), 0)
+
+    def __setitem__(self, index: int, t: CandidateTrace) -> None:
+        if self.keep is not None:
+            self.keep[index] = t
+        if index / self.fps < self.cfg.warmup_s:
+            return
+        c = self.counts
+        c["frames"] += 1
+        c["open"] += is_open(t, self.cfg, self.fps)
+        c["speech"] += bool(t.speech)
+        c["blink"] += t.blink
+        c["macro"] += bool(t.macro)
+        c["fast_head"] += t.head > self.cfg.head_fast
+
+    def fractions(self) -> dict[str, float]:
+        """rules_open and speech/blink/macro/fast_head _frames, as fractions of the candidate frames."""
+        n = max(self.counts["frames"], 1)
+        return {"rules_open": round(self.counts["open"] / n, 4),
+                **{f"{k}_frames": round(self.counts[k] / n, 4) for k in ("speech", "blink", "macro", "fast_head")}}
 
 
 def explain_events(video: str, truth: list[GroundTruth], trace: dict[int, CandidateTrace], spots: list[Any],

@@ -33,7 +33,7 @@ from slstt.realtime.events import SpotEvent
 from slstt.realtime.recognizer import ClipFrames, Recognition, Recognizer
 from slstt.realtime.runner import StreamRunner
 from slstt.realtime.sinks import CallbackSink
-from slstt.realtime.spotting import CandidateTrace, Interval, SpotStep, Spotter, SpotterConfig
+from slstt.realtime.spotting import Interval, SpotStep, Spotter, SpotterConfig, TraceSink
 from slstt.realtime.tracker import FaceState, FaceTracker, TrackerConfig
 
 
@@ -123,7 +123,7 @@ class LivePipeline:
         self.warnings: list[str] = []
         self.stats = PipelineStats()
         self.spotter: Spotter | None = None
-        self.spot_trace: dict[int, CandidateTrace] | None = None  # a dict: the spotter records every candidate in it
+        self.spot_trace: TraceSink | None = None  # the spotter records every candidate's CandidateTrace in it
         self.ring: FrameRing | None = None
         self.fps = 30.0
         self.face: FaceState | None = None

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -511,14 +511,23 @@ class RegionThresholds:
     def __getitem__(self, name: str) -> float:
         thr = self._cache.get(name)
         if thr is None:
-            h = self.history.get(name)
-            adaptive = 0.0
-            if h is not None and len(h) >= 5:
-                w = np.fromiter(h, dtype=np.float64)
-                med = float(np.median(w))
-                adaptive = med + self.k * float(np.median(np.abs(w - med))) * MAD_SCALE
-            thr = self._cache[name] = max(self.floor, self.baseline.get(name, 0.0), adaptive)
+            thr = self._cache[name] = self._compute(name)
         return thr
+
+    def peek(self, name: str) -> float:
+        """The threshold as __getitem__ gives it now, without filling the cache (a lookup that must not
+        change what later lookups return: Spotter.trace)."""
+        thr = self._cache.get(name)
+        return self._compute(name) if thr is None else thr
+
+    def _compute(self, name: str) -> float:
+        h = self.history.get(name)
+        adaptive = 0.0
+        if h is not None and len(h) >= 5:
+            w = np.fromiter(h, dtype=np.float64)
+            med = float(np.median(w))
+            adaptive = med + self.k * float(np.median(np.abs(w - med))) * MAD_SCALE
+        return max(self.floor, self.baseline.get(name, 0.0), adaptive)
 
 
 # --- 3. intervals --------------------------------------------------------------------------------
@@ -548,6 +557,12 @@ class CandidateTrace:
     blink: bool
     macro: frozenset[str]  # regions with a longer expression under way
     head: float  # px of rigid head motion
+
+
+class TraceSink(Protocol):
+    """Where Spotter.trace puts each candidate's CandidateTrace: a dict, or a tally that keeps none."""
+
+    def __setitem__(self, index: int, trace: CandidateTrace, /) -> None: ...
 
 
 @dataclass
@@ -650,7 +665,7 @@ class Spotter:
         self._macro_run: _Run | None = None  # the current run of macro activity
         self._macro_rise: _Run | None = None  # the last finished run, waiting for its release
         self._blinks: deque[int] = deque(maxlen=64)  # candidate frames inside a blink (lids down and up)
-        self.trace: dict[int, CandidateTrace] | None = None  # a dict: every candidate's CandidateTrace goes in
+        self.trace: TraceSink | None = None  # e.g. a dict: every candidate's CandidateTrace goes in
         self._micro_apexes: deque[int] = deque(maxlen=16)
         self._score_history: dict[int, dict[str, float]] = {}
         self._busy_frames = max(2 * self.gap + 5, round(c.busy_window_s * fps))
@@ -770,13 +785,16 @@ class Spotter:
         # isolation: a micro-expression rises from calm; a region that moved as much just before it
         # (talking, chewing, fidgeting) is not evidence of one
         past = self._recent_max(range(c - 2 * self.gap - 4, c - self.gap + 1))
+        # (a threshold is looked up only for an isolated region: the lookup fills RegionThresholds' cache)
+        ratios = {name: (v / (self.thresholds[name] + bar) if v > self.cfg.isolation * past.get(name, 0.0) else 0.0)
+                  for name, v in scores.items()}
         moved_before = {name for name, v in scores.items() if not v > self.cfg.isolation * past.get(name, 0.0)}
         if self.cfg.busy_isolation > 0:
             early = self._recent_max(range(c - self._busy_frames, c - 2 * self.gap - 4))
-            moved_before |= {name for name, v in scores.items()
-                             if (not self.cfg.busy_speech_only or name in SPEECH_REGIONS)
-                             and v <= self.cfg.busy_isolation * early.get(name, 0.0)}
-        ratios = {name: 0.0 if name in moved_before else v / (self.thresholds[name] + bar) for name, v in scores.items()}
+            busy = {name for name, v in scores.items() if (not self.cfg.busy_speech_only or name in SPEECH_REGIONS)
+                    and v <= self.cfg.busy_isolation * early.get(name, 0.0)}
+            ratios = {name: 0.0 if name in busy else r for name, r in ratios.items()}
+            moved_before |= busy
         self._score_history[c] = scores
         for old in [j for j in self._score_history if j < c - max(3 * self.gap, self._busy_frames)]:
             del self._score_history[old]
@@ -791,7 +809,7 @@ class Spotter:
         macro = frozenset(k for k, last in self._macro_active.items() if last >= recent)
         head = max(now.head, before.head)
         if self.trace is not None:
-            self.trace[c] = CandidateTrace(c, scores, {k: self.thresholds[k] + bar for k in scores},
+            self.trace[c] = CandidateTrace(c, scores, {k: self.thresholds.peek(k) + bar for k in scores},
                                            frozenset(moved_before), speech, blink, macro, head)
         return Candidate(c, ratios, scores, head, blink, macro, peaks)
 

@@ -4,6 +4,7 @@ and the event's lift over a control of the same footage."""
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -62,9 +63,14 @@ def test_rules_are_the_spotters() -> None:
         (10, {}), (90, {}), (91, {"speech": "skipped"}), (92, {"scores": {"inner_brow_r": 0.1, "lip_corner_r": 0.1}}),
         (93, {"moved_before": frozenset({"inner_brow_r", "lip_corner_r"})}), (94, {"speech": "penalised"}),
         (95, {"blink": True, "macro": frozenset({"lip_corner_r"})}), (96, {"head": cfg.head_fast + 1}))}
-    assert explain.open_fraction(frames, cfg, 30.0) == 4 / 7  # 90, 92, 93 and 94 (the brow, penalised)
-    assert explain.context_fractions(frames, cfg, 30.0) == {"speech_frames": 2 / 7, "blink_frames": 1 / 7,
-                                                            "macro_frames": 1 / 7, "fast_head_frames": 1 / 7}
+    kept: dict[int, CandidateTrace] = {}
+    tally = explain.ContextTally(cfg, 30.0, keep=kept)
+    for i, t in frames.items():
+        tally[i] = t
+    assert kept == frames  # the tally forwards every trace when asked to keep them
+    assert tally.fractions() == {"rules_open": round(4 / 7, 4),  # 90, 92, 93 and 94 (the brow, penalised)
+                                 "speech_frames": round(2 / 7, 4), "blink_frames": round(1 / 7, 4),
+                                 "macro_frames": round(1 / 7, 4), "fast_head_frames": round(1 / 7, 4)}
 
 
 def test_every_event_is_found_or_has_a_reason_and_its_lift_is_measured(injected: tuple[Path, Path],
@@ -101,9 +107,15 @@ def test_every_event_is_found_or_has_a_reason_and_its_lift_is_measured(injected:
     assert any(line.startswith("why events were missed") for line in pooled_lines(pooled))
     assert (tmp_path / "pooled" / "explain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     per_video = {Path(r["video"]).name: r for r in csv.DictReader((tmp_path / "pooled" / "per_video.csv").open())}
-    assert 0.0 < float(per_video[copy.name]["rules_open"]) <= 1.0  # traced: the copy and its control
     assert 0.0 < float(per_video[control.name]["rules_open"]) <= 1.0
     assert 0.0 < float(per_video[control.name]["speech_frames"]) < 1.0  # the source talks part of the time
+    # the tally is the trace's: recomputed from the kept traces, the same fractions
+    again = explain.ContextTally(SpotterConfig(), 30.0)
+    for i, t in result.trace.items():
+        again[i] = t
+    assert {k: float(per_video[copy.name][k]) for k in again.fractions()} == again.fractions()
+    summary = json.loads((tmp_path / "pooled" / "videos" / copy.stem / "summary.json").read_text())
+    assert summary["rules_open"] == again.fractions()["rules_open"]
 
 
 def test_cli_explains_a_folder_and_refuses_a_single_video(injected: tuple[Path, Path], tmp_path: Path) -> None:
