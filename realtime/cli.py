@@ -165,6 +165,8 @@ def run_live(source_spec: int | str, *, model: Path | None, config: Any, display
         _echo(note)
     pipe = None
     try:
+        from slstt.realtime.analyze import context_line
+        from slstt.realtime.explain import ContextTally
         from slstt.realtime.pipeline import LivePipeline
         from slstt.realtime.runner import StreamRunner
         from slstt.realtime.sinks import WindowSink
@@ -172,11 +174,15 @@ def run_live(source_spec: int | str, *, model: Path | None, config: Any, display
         _, recorder, sinks = _live_sinks(source, events_path, record, display, warn)
         # hours of live video: only the overlay's trace is kept (a copy: the caller's config is not changed)
         pipe = LivePipeline(dataclasses.replace(config, keep_history=False), model=model, on_warning=warn)
+        # how often the spotter was open and each context rule on: counts only, for the stop report
+        tally = pipe.spot_trace = ContextTally(pipe.config.spotter, source.fps if source.fps > 0 else 30.0)
         runner = StreamRunner(source, pipe, sinks, max_seconds=max_seconds, note=pipe.device_note)
         _echo(_start_line(source_spec, source, model, pipe, recorder))
         runner.run()
         window = next((s for s in sinks if isinstance(s, WindowSink)), None)
         _echo(_stop_line(pipe, source, stopper.signum, window, recorder, events_path, record))
+        if tally.counts["frames"]:
+            _echo(context_line(tally.fractions()))
         return LiveOutcome(pipe.stats.events, stopper.signum, source.failure)
     finally:
         stopper.restore()

@@ -329,6 +329,7 @@ def test_sigterm_flushes_events_and_recording(synth_long_video, tmp_path):
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr  # 128 + SIGTERM, after flushing everything
     assert "stopped (signal)" in stderr
+    assert "spotter open on" in stderr  # how often the context rules left it open (explain.ContextTally)
     rows = read_events(events)
     assert rows and all(EVENT_KEYS <= set(r) for r in rows)
     cap = cv2.VideoCapture(str(record))
