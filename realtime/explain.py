@@ -132,7 +132,8 @@ def rules_against(t: CandidateTrace, site: str, cfg: SpotterConfig, fps: float) 
 def is_open(t: CandidateTrace, cfg: SpotterConfig, fps: float) -> bool:
     """The context rules (speech, blink, a longer expression, a fast head, the warm-up) leave at least
     one region open at candidate t: a large enough movement rising from calm would open an interval."""
-    probe = replace(t, scores=dict.fromkeys(t.scores, 1e9), moved_before=frozenset())
+    probe = replace(t, scores=dict.fromkeys(t.scores, 1e9), thresholds=dict.fromkeys(t.scores, 1.0),
+                    moved_before=frozenset())
     return any(not rules_against(probe, region, cfg, fps)[1] for region in t.scores)
 
 
@@ -142,6 +143,7 @@ class ContextTally:
 
     def __init__(self, cfg: SpotterConfig, fps: float, keep: dict[int, CandidateTrace] | None = None) -> None:
         self.cfg, self.fps, self.keep = cfg, fps, keep
+        self.wants_thresholds = keep is not None  # the counts need none; explaining an event does
         self.counts = dict.fromkeys(("frames", "open", "speech", "blink", "macro", "fast_head"), 0)
 
     def __setitem__(self, index: int, t: CandidateTrace) -> None:
@@ -263,13 +265,18 @@ def summary_lines(events: list[EventExplanation]) -> list[str]:
             lines.append("  strong per amplitude: " + ", ".join(
                 f"{a:g} px {sum(bool(e.strong) for e in judged if e.amplitude_px == a)}/"
                 f"{sum(e.amplitude_px == a for e in judged)}" for a in amps))
-    missed = [e for e in events if not e.found]
-    every, alone = Counter(r for e in missed for r in e.reasons), Counter(e.reasons[0] for e in missed
-                                                                           if len(e.reasons) == 1)
+    missed, every, alone = _reason_counts(events)
     if missed:
         lines.append(f"{len(missed)} missed; what stood in the way at their best chance (alone: the only rule):")
-        lines += [f"  {reason:20s} {count:4d}   alone {alone[reason]:4d}" for reason, count in every.most_common()]
+        lines += [f"  {reason:20s} {count:4d}   alone {alone[reason]:4d}" for reason, count in every]
     return lines
+
+
+def _reason_counts(events: list[EventExplanation]) -> tuple[list[EventExplanation], list[tuple[str, int]], Counter[str]]:
+    """(the missed events, how often each rule stood in their way, most first; how often it was the only one)."""
+    missed = [e for e in events if not e.found]
+    every = Counter(r for e in missed for r in e.reasons).most_common()
+    return missed, every, Counter(e.reasons[0] for e in missed if len(e.reasons) == 1)
 
 
 def write_csv(path: str | Path, events: list[EventExplanation]) -> Path:
@@ -308,9 +315,7 @@ def plot(path: str | Path, events: list[EventExplanation]) -> Path:
     ax.set_title("strong: the event alone passes its region's threshold (needs a control)", fontsize=9)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     ax = axes[1]
-    missed = [e for e in events if not e.found]
-    every = Counter(r for e in missed for r in e.reasons).most_common()
-    alone = Counter(e.reasons[0] for e in missed if len(e.reasons) == 1)
+    missed, every, alone = _reason_counts(events)
     ax.barh(range(len(every)), [n for _, n in every], color="tab:red", alpha=0.4, label="in the way")
     ax.barh(range(len(every)), [alone[r] for r, _ in every], color="tab:red", label="the only rule")
     ax.set_yticks(range(len(every)), [r for r, _ in every], fontsize=8)

@@ -551,7 +551,7 @@ class CandidateTrace:
 
     index: int
     scores: dict[str, float]  # px on the flow crop
-    thresholds: dict[str, float]  # px: each region's adaptive threshold plus the head-motion bar
+    thresholds: dict[str, float]  # px: each region's adaptive threshold plus the head-motion bar ({}: not wanted)
     moved_before: frozenset[str]  # regions that moved as much just before (the isolation rules)
     speech: str  # "": not talking; "penalised": talking (speech regions ignored, the others need more); "skipped"
     blink: bool
@@ -560,7 +560,11 @@ class CandidateTrace:
 
 
 class TraceSink(Protocol):
-    """Where Spotter.trace puts each candidate's CandidateTrace: a dict, or a tally that keeps none."""
+    """Where Spotter.trace puts each candidate's CandidateTrace (slstt.realtime.explain.ContextTally)."""
+
+    # False: CandidateTrace.thresholds stays empty. A threshold the rules did not need is a median over
+    # the region's window, about 40 us each: not worth it on the live path for a sink that only counts
+    wants_thresholds: bool
 
     def __setitem__(self, index: int, trace: CandidateTrace, /) -> None: ...
 
@@ -665,7 +669,7 @@ class Spotter:
         self._macro_run: _Run | None = None  # the current run of macro activity
         self._macro_rise: _Run | None = None  # the last finished run, waiting for its release
         self._blinks: deque[int] = deque(maxlen=64)  # candidate frames inside a blink (lids down and up)
-        self.trace: TraceSink | None = None  # e.g. a dict: every candidate's CandidateTrace goes in
+        self.trace: TraceSink | None = None  # every candidate's CandidateTrace goes in (slstt.realtime.explain)
         self._micro_apexes: deque[int] = deque(maxlen=16)
         self._score_history: dict[int, dict[str, float]] = {}
         self._busy_frames = max(2 * self.gap + 5, round(c.busy_window_s * fps))
@@ -785,10 +789,9 @@ class Spotter:
         # isolation: a micro-expression rises from calm; a region that moved as much just before it
         # (talking, chewing, fidgeting) is not evidence of one
         past = self._recent_max(range(c - 2 * self.gap - 4, c - self.gap + 1))
-        # (a threshold is looked up only for an isolated region: the lookup fills RegionThresholds' cache)
-        ratios = {name: (v / (self.thresholds[name] + bar) if v > self.cfg.isolation * past.get(name, 0.0) else 0.0)
-                  for name, v in scores.items()}
         moved_before = {name for name, v in scores.items() if not v > self.cfg.isolation * past.get(name, 0.0)}
+        # (a threshold is looked up only for an isolated region: the lookup fills RegionThresholds' cache)
+        ratios = {name: 0.0 if name in moved_before else v / (self.thresholds[name] + bar) for name, v in scores.items()}
         if self.cfg.busy_isolation > 0:
             early = self._recent_max(range(c - self._busy_frames, c - 2 * self.gap - 4))
             busy = {name for name, v in scores.items() if (not self.cfg.busy_speech_only or name in SPEECH_REGIONS)
@@ -809,8 +812,8 @@ class Spotter:
         macro = frozenset(k for k, last in self._macro_active.items() if last >= recent)
         head = max(now.head, before.head)
         if self.trace is not None:
-            self.trace[c] = CandidateTrace(c, scores, {k: self.thresholds.peek(k) + bar for k in scores},
-                                           frozenset(moved_before), speech, blink, macro, head)
+            thresholds = {k: self.thresholds.peek(k) + bar for k in scores} if self.trace.wants_thresholds else {}
+            self.trace[c] = CandidateTrace(c, scores, thresholds, frozenset(moved_before), speech, blink, macro, head)
         return Candidate(c, ratios, scores, head, blink, macro, peaks)
 
     def _recent_max(self, frames: range) -> dict[str, float]:

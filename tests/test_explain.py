@@ -4,6 +4,7 @@ and the event's lift over a control of the same footage."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -68,6 +69,7 @@ def test_rules_are_the_spotters() -> None:
     for i, t in frames.items():
         tally[i] = t
     assert kept == frames  # the tally forwards every trace when asked to keep them
+    assert tally.wants_thresholds and not explain.ContextTally(cfg, 30.0).wants_thresholds  # counts need none
     assert tally.fractions() == {"rules_open": round(4 / 7, 4),  # 90, 92, 93 and 94 (the brow, penalised)
                                  "speech_frames": round(2 / 7, 4), "blink_frames": round(1 / 7, 4),
                                  "macro_frames": round(1 / 7, 4), "fast_head_frames": round(1 / 7, 4)}
@@ -114,6 +116,10 @@ def test_every_event_is_found_or_has_a_reason_and_its_lift_is_measured(injected:
     for i, t in result.trace.items():
         again[i] = t
     assert {k: float(per_video[copy.name][k]) for k in again.fractions()} == again.fractions()
+    bare = explain.ContextTally(SpotterConfig(), 30.0)  # as on the live path: traces without thresholds
+    for i, t in result.trace.items():
+        bare[i] = dataclasses.replace(t, thresholds={})
+    assert bare.fractions() == again.fractions()
     summary = json.loads((tmp_path / "pooled" / "videos" / copy.stem / "summary.json").read_text())
     assert summary["rules_open"] == again.fractions()["rules_open"]
 
