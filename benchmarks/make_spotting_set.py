@@ -1,6 +1,6 @@
 """Write a webcam-like spotting set (slstt.data.webcam) and measure how realistic its motion is.
 
-    python benchmarks/make_spotting_set.py --set tuning|heldout --out DIR [--seconds 60] [--measure]
+    python benchmarks/make_spotting_set.py --set tuning|heldout --out DIR [--seconds 60] [--measure] [--controls]
     python benchmarks/make_spotting_set.py --measure-only DIR_OR_MP4 ...
 
 The tuning set uses webcam.TUNING_SEEDS, the held-out set webcam.HELD_OUT_SEEDS (never tune on it):
@@ -32,12 +32,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 
-def write_set(which: str, out: Path, seconds: float, console: Console) -> list[Path]:
+def write_set(which: str, out: Path, seconds: float, console: Console, controls: bool = False) -> list[Path]:
     from slstt.data import webcam
 
     seeds = webcam.TUNING_SEEDS if which == "tuning" else webcam.HELD_OUT_SEEDS
     # the set's layout and set.json are spotting_set's (make_webcam_video shows a progress bar per video)
-    gts = webcam.spotting_set(out, seeds, duration_s=seconds, progress=True)
+    gts = webcam.spotting_set(out, seeds, duration_s=seconds, progress=True, controls=controls)
     videos = []
     for k, gt in enumerate(gts):
         info = json.loads(gt.with_name(gt.name.replace(".gt.csv", ".events.json")).read_text())
@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--measure", action="store_true", help="measure the written videos")
+    parser.add_argument("--controls", action="store_true",
+                        help="also each event video without its micro events, in OUT/controls/ (for --explain)")
     parser.add_argument("--measure-only", nargs="+", type=Path, default=None, help="measure these videos/folders")
     parser.add_argument("--stride", type=int, default=3, help="measure every Nth frame")
     args = parser.parse_args()
@@ -150,7 +152,7 @@ def main() -> None:
     if not args.set or not args.out:
         parser.error("--set and --out are needed (or --measure-only)")
     start = time.perf_counter()
-    videos = write_set(args.set, args.out, args.seconds, console)
+    videos = write_set(args.set, args.out, args.seconds, console, args.controls)
     console.print(f"wrote {len(videos)} videos to {args.out} in {time.perf_counter() - start:.0f} s")
     if args.measure:
         report(videos, console, args.stride)

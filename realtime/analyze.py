@@ -310,7 +310,7 @@ def analyze_video(video: str | Path, out_dir: str | Path | None, *, model: str |
             _make_out_dir(out)
         pipe = LivePipeline(config or LiveConfig(), model=model, on_warning=warn)
         # how often the spotter was open and each context rule on (summary); every frame's trace when asked
-        tally = pipe.spot_trace = ContextTally(pipe.config.spotter, source.fps if source.fps > 0 else 30.0, trace)
+        tally = pipe.spot_trace = ContextTally(pipe.config.spotter, trace)
         events_sink, sinks = _analyze_sinks(out, record, progress, source, Path(str(video)).name, warn)
         outcome = StreamRunner(source, pipe, sinks).run()
     finally:

@@ -175,7 +175,7 @@ def run_live(source_spec: int | str, *, model: Path | None, config: Any, display
         # hours of live video: only the overlay's trace is kept (a copy: the caller's config is not changed)
         pipe = LivePipeline(dataclasses.replace(config, keep_history=False), model=model, on_warning=warn)
         # how often the spotter was open and each context rule on: counts only, for the stop report
-        tally = pipe.spot_trace = ContextTally(pipe.config.spotter, source.fps if source.fps > 0 else 30.0)
+        tally = pipe.spot_trace = ContextTally(pipe.config.spotter)
         runner = StreamRunner(source, pipe, sinks, max_seconds=max_seconds, note=pipe.device_note)
         _echo(_start_line(source_spec, source, model, pipe, recorder))
         runner.run()

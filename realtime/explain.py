@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from slstt.data.webcam import CONTROLS
 from slstt.errors import SlsttError
 from slstt.io import atomic_write_text
 from slstt.realtime.analyze import GroundTruth, analyze_video, read_ground_truth
@@ -86,21 +87,22 @@ class VideoExplanation:
 
 
 def control_for(video: str | Path) -> Path | None:
-    """The control `slstt synth --inject` wrote beside an injected copy (<stem>_inj<seed>_<k>.mp4 ->
-    <stem>_noevents.mp4), when it is there."""
+    """The same footage without the micro events, when it is there: the control `slstt synth --inject`
+    wrote beside an injected copy (<stem>_inj<seed>_<k>.mp4 -> <stem>_noevents.mp4), or a webcam set's
+    (controls/<name>, slstt.data.webcam.write_controls)."""
     video = Path(video)
     m = re.fullmatch(r"(.+)_inj\d+_\d+", video.stem)
-    control = video.with_name(f"{m.group(1)}_noevents{video.suffix}") if m else None
-    return control if control is not None and control.is_file() else None
+    control = video.with_name(f"{m.group(1)}_noevents{video.suffix}") if m else video.parent / CONTROLS / video.name
+    return control if control.is_file() else None
 
 
-def rules_against(t: CandidateTrace, site: str, cfg: SpotterConfig, fps: float) -> tuple[float, list[str]]:
+def rules_against(t: CandidateTrace, site: str, cfg: SpotterConfig) -> tuple[float, list[str]]:
     """(score / threshold, the rules that kept `site` from opening an interval at candidate t), as
     Spotter._candidate and IntervalMachine apply them."""
     score, threshold = t.scores.get(site, 0.0), t.thresholds.get(site, float("inf"))
     ratio = score / threshold if threshold > 0 else 0.0
     reasons: list[str] = []
-    if t.index / fps < cfg.warmup_s:
+    if warming_up(t, cfg):
         reasons.append(WARMUP)
     if ratio < 1.0:
         reasons.append(BELOW)
@@ -129,31 +131,36 @@ def rules_against(t: CandidateTrace, site: str, cfg: SpotterConfig, fps: float) 
     return ratio, reasons
 
 
-def is_open(t: CandidateTrace, cfg: SpotterConfig, fps: float) -> bool:
+def warming_up(t: CandidateTrace, cfg: SpotterConfig) -> bool:
+    """The spotter decides nothing this early (its warm-up and calibration, Spotter.update)."""
+    return t.time_s < max(cfg.warmup_s, cfg.calibrate_s)
+
+
+def is_open(t: CandidateTrace, cfg: SpotterConfig) -> bool:
     """The context rules (speech, blink, a longer expression, a fast head, the warm-up) leave at least
     one region open at candidate t: a large enough movement rising from calm would open an interval."""
     probe = replace(t, scores=dict.fromkeys(t.scores, 1e9), thresholds=dict.fromkeys(t.scores, 1.0),
                     moved_before=frozenset())
-    return any(not rules_against(probe, region, cfg, fps)[1] for region in t.scores)
+    return any(not rules_against(probe, region, cfg)[1] for region in t.scores)
 
 
 class ContextTally:
     """A Spotter.trace sink that keeps counts, not frames (optionally also every trace in `keep`): how
     often, after the warm-up, the spotter was open (is_open) and each context rule was on."""
 
-    def __init__(self, cfg: SpotterConfig, fps: float, keep: dict[int, CandidateTrace] | None = None) -> None:
-        self.cfg, self.fps, self.keep = cfg, fps, keep
+    def __init__(self, cfg: SpotterConfig, keep: dict[int, CandidateTrace] | None = None) -> None:
+        self.cfg, self.keep = cfg, keep
         self.wants_thresholds = keep is not None  # the counts need none; explaining an event does
         self.counts = dict.fromkeys(("frames", "open", "speech", "blink", "macro", "fast_head"), 0)
 
     def __setitem__(self, index: int, t: CandidateTrace) -> None:
         if self.keep is not None:
             self.keep[index] = t
-        if index / self.fps < self.cfg.warmup_s:
+        if warming_up(t, self.cfg):
             return
         c = self.counts
         c["frames"] += 1
-        c["open"] += is_open(t, self.cfg, self.fps)
+        c["open"] += is_open(t, self.cfg)
         c["speech"] += bool(t.speech)
         c["blink"] += t.blink
         c["macro"] += bool(t.macro)
@@ -167,7 +174,7 @@ class ContextTally:
 
 
 def explain_events(video: str, truth: list[GroundTruth], trace: dict[int, CandidateTrace], spots: list[Any],
-                   matched: set[tuple[int, int]], cfg: SpotterConfig, fps: float,
+                   matched: set[tuple[int, int]], cfg: SpotterConfig,
                    control: dict[int, CandidateTrace] | None = None) -> list[EventExplanation]:
     """One EventExplanation per ground-truth micro event. spots: the micro SpotEvents; matched: the
     (onset, offset) of the events a spot matched."""
@@ -179,7 +186,7 @@ def explain_events(video: str, truth: list[GroundTruth], trace: dict[int, Candid
         best: tuple[int, float, str, int, list[str]] = (99, -1.0, "", -1, [])
         for t in frames:
             for site in sites:
-                ratio, reasons = rules_against(t, site, cfg, fps)
+                ratio, reasons = rules_against(t, site, cfg)
                 if (len(reasons), -ratio) < (best[0], -best[1]):
                     best = (len(reasons), ratio, site, t.index, reasons)
         _, ratio, site, frame, reasons = best
@@ -230,7 +237,7 @@ def _explain(name: str, result: Any, truth: list[GroundTruth], trace: dict[int, 
     assert result.scores is not None
     matched = {(m["truth_onset"], m["truth_offset"]) for m in result.scores.matches}
     spots = [e for e in result.events if e.kind == "micro"]
-    return explain_events(name, truth, trace, spots, matched, (config or LiveConfig()).spotter, result.video_fps,
+    return explain_events(name, truth, trace, spots, matched, (config or LiveConfig()).spotter,
                           control_trace)
 
 
@@ -243,6 +250,9 @@ def explain_runs(runs: dict[Path, tuple[Any, list[GroundTruth], dict[int, Candid
         if any(g.kind == "micro" for g in truth):
             control = control_for(video)
             control_trace = runs[control][2] if control in runs else None
+            if control is not None and control_trace is None:  # a control outside the analysed videos
+                control_trace = {}
+                analyze_video(control, None, config=config, trace=control_trace)
             out += _explain(video.name, result, truth, trace, config, control_trace)
     return out
 

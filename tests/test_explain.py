@@ -29,47 +29,47 @@ def injected(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _trace(**kw) -> CandidateTrace:
-    base = dict(index=90, scores={"inner_brow_r": 1.2, "lip_corner_r": 1.5}, thresholds={"inner_brow_r": 1.0,
+    base = dict(index=90, time_s=3.0, scores={"inner_brow_r": 1.2, "lip_corner_r": 1.5}, thresholds={"inner_brow_r": 1.0,
                 "lip_corner_r": 1.0}, moved_before=frozenset(), speech="", blink=False, macro=frozenset(), head=1.0)
     return CandidateTrace(**{**base, **kw})
 
 
 def test_rules_are_the_spotters() -> None:
     cfg = SpotterConfig()  # talk_factor 0: speech regions ignored while talking; talk_face_factor 1.6
-    assert rules_against(_trace(), "inner_brow_r", cfg, 30.0) == (pytest.approx(1.2), [])
-    assert rules_against(_trace(index=10), "inner_brow_r", cfg, 30.0)[1] == [explain.WARMUP]
-    assert rules_against(_trace(scores={"inner_brow_r": 0.5}), "inner_brow_r", cfg, 30.0)[1] == [explain.BELOW]
+    assert rules_against(_trace(), "inner_brow_r", cfg) == (pytest.approx(1.2), [])
+    assert rules_against(_trace(index=10, time_s=10 / 30), "inner_brow_r", cfg)[1] == [explain.WARMUP]
+    assert rules_against(_trace(scores={"inner_brow_r": 0.5}), "inner_brow_r", cfg)[1] == [explain.BELOW]
     talking = _trace(speech="penalised")
-    assert rules_against(talking, "lip_corner_r", cfg, 30.0)[1] == [explain.SPEECH]  # ignored
-    assert rules_against(talking, "inner_brow_r", cfg, 30.0)[1] == [explain.SPEECH]  # 1.2 < 1.6
-    assert rules_against(_trace(speech="penalised", scores={"inner_brow_r": 2.0}), "inner_brow_r", cfg, 30.0)[1] == []
-    assert rules_against(_trace(speech="skipped", scores={"inner_brow_r": 9.0}), "inner_brow_r", cfg, 30.0)[1] == [
+    assert rules_against(talking, "lip_corner_r", cfg)[1] == [explain.SPEECH]  # ignored
+    assert rules_against(talking, "inner_brow_r", cfg)[1] == [explain.SPEECH]  # 1.2 < 1.6
+    assert rules_against(_trace(speech="penalised", scores={"inner_brow_r": 2.0}), "inner_brow_r", cfg)[1] == []
+    assert rules_against(_trace(speech="skipped", scores={"inner_brow_r": 9.0}), "inner_brow_r", cfg)[1] == [
         explain.SPEECH]
     blink = _trace(blink=True)
-    assert rules_against(blink, "inner_brow_r", cfg, 30.0)[1] == [explain.BLINK]  # a region the lids drag
-    assert rules_against(blink, "lip_corner_r", cfg, 30.0)[1] == [explain.BLINK]  # 1.5 < blink_factor 2
+    assert rules_against(blink, "inner_brow_r", cfg)[1] == [explain.BLINK]  # a region the lids drag
+    assert rules_against(blink, "lip_corner_r", cfg)[1] == [explain.BLINK]  # 1.5 < blink_factor 2
     # both penalties together: 4 / 1.6 / 2 = 1.25 passes, 3 / 1.6 / 2 does not, and both are named
     both = dict(speech="penalised", blink=True, thresholds={"upper_lip": 1.0})
-    assert rules_against(_trace(**both, scores={"upper_lip": 4.0}), "upper_lip", cfg, 30.0)[1] == [explain.SPEECH]
+    assert rules_against(_trace(**both, scores={"upper_lip": 4.0}), "upper_lip", cfg)[1] == [explain.SPEECH]
     cfg_penalised = SpotterConfig(talk_factor=1.6)
-    assert rules_against(_trace(**both, scores={"upper_lip": 4.0}), "upper_lip", cfg_penalised, 30.0)[1] == []
-    assert rules_against(_trace(**both, scores={"upper_lip": 3.0}), "upper_lip", cfg_penalised, 30.0)[1] == [
+    assert rules_against(_trace(**both, scores={"upper_lip": 4.0}), "upper_lip", cfg_penalised)[1] == []
+    assert rules_against(_trace(**both, scores={"upper_lip": 3.0}), "upper_lip", cfg_penalised)[1] == [
         explain.SPEECH, explain.BLINK]
-    assert rules_against(_trace(moved_before=frozenset({"inner_brow_r"})), "inner_brow_r", cfg, 30.0)[1] == [
+    assert rules_against(_trace(moved_before=frozenset({"inner_brow_r"})), "inner_brow_r", cfg)[1] == [
         explain.MOVED]
-    assert rules_against(_trace(macro=frozenset({"inner_brow_r"})), "inner_brow_r", cfg, 30.0)[1] == [explain.MACRO]
-    assert rules_against(_trace(head=cfg.head_fast + 1), "inner_brow_r", cfg, 30.0)[1] == [explain.HEAD]
+    assert rules_against(_trace(macro=frozenset({"inner_brow_r"})), "inner_brow_r", cfg)[1] == [explain.MACRO]
+    assert rules_against(_trace(head=cfg.head_fast + 1), "inner_brow_r", cfg)[1] == [explain.HEAD]
     # open: the context leaves some region open to a large, isolated movement; warm-up frames do not count
-    frames = {i: _trace(index=i, **kw) for i, kw in (
+    frames = {i: _trace(index=i, time_s=i / 30, **kw) for i, kw in (
         (10, {}), (90, {}), (91, {"speech": "skipped"}), (92, {"scores": {"inner_brow_r": 0.1, "lip_corner_r": 0.1}}),
         (93, {"moved_before": frozenset({"inner_brow_r", "lip_corner_r"})}), (94, {"speech": "penalised"}),
         (95, {"blink": True, "macro": frozenset({"lip_corner_r"})}), (96, {"head": cfg.head_fast + 1}))}
     kept: dict[int, CandidateTrace] = {}
-    tally = explain.ContextTally(cfg, 30.0, keep=kept)
+    tally = explain.ContextTally(cfg, keep=kept)
     for i, t in frames.items():
         tally[i] = t
     assert kept == frames  # the tally forwards every trace when asked to keep them
-    assert tally.wants_thresholds and not explain.ContextTally(cfg, 30.0).wants_thresholds  # counts need none
+    assert tally.wants_thresholds and not explain.ContextTally(cfg).wants_thresholds  # counts need none
     assert tally.fractions() == {"rules_open": round(4 / 7, 4),  # 90, 92, 93 and 94 (the brow, penalised)
                                  "speech_frames": round(2 / 7, 4), "blink_frames": round(1 / 7, 4),
                                  "macro_frames": round(1 / 7, 4), "fast_head_frames": round(1 / 7, 4)}
@@ -112,11 +112,11 @@ def test_every_event_is_found_or_has_a_reason_and_its_lift_is_measured(injected:
     assert 0.0 < float(per_video[control.name]["rules_open"]) <= 1.0
     assert 0.0 < float(per_video[control.name]["speech_frames"]) < 1.0  # the source talks part of the time
     # the tally is the trace's: recomputed from the kept traces, the same fractions
-    again = explain.ContextTally(SpotterConfig(), 30.0)
+    again = explain.ContextTally(SpotterConfig())
     for i, t in result.trace.items():
         again[i] = t
     assert {k: float(per_video[copy.name][k]) for k in again.fractions()} == again.fractions()
-    bare = explain.ContextTally(SpotterConfig(), 30.0)  # as on the live path: traces without thresholds
+    bare = explain.ContextTally(SpotterConfig())  # as on the live path: traces without thresholds
     for i, t in result.trace.items():
         bare[i] = dataclasses.replace(t, thresholds={})
     assert bare.fractions() == again.fractions()

@@ -191,7 +191,7 @@ def turning_head():
     from slstt.preprocess.face import FaceLandmarker
 
     plan, scene = webcam.plan_webcam_video(7, duration_s=2.0, n_micro=0, face_px=200)
-    plan.events = []
+    plan.events, plan.gaze_lid = [], None  # the head and the jaw alone
     plan.head[:] = plan.head[0]
     plan.head[:, :3] = 0.0
     plan.head[1, 0] = 3.0

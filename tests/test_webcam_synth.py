@@ -79,7 +79,7 @@ def test_ground_truth_columns_and_values(small_video: Path) -> None:
         onset, apex, offset = int(r["onset_frame"]), int(r["apex_frame"]), int(r["offset_frame"])
         assert onset < apex < offset and 0.2 - 1 / 30 <= (offset - onset) / 30 <= 0.5 + 1 / 30
         assert abs(float(r["apex_s"]) - apex / 30) < 1e-3
-    assert {r["kind"] for r in rows} <= {"micro", "macro", "blink", "talk", "hand", "head_turn"}
+    assert {r["kind"] for r in rows} <= {"micro", "macro", "blink", "talk", "hand", "head_turn", "natural"}
     assert "talk" in {r["kind"] for r in rows}
     assert {r["face"] for r in rows} == {webcam.IDENTITIES[list(webcam.IDENTITIES)[5 % 3]].name}
     # the spotter's reader still reads it
@@ -127,6 +127,38 @@ def test_micro_event_moves_its_region_by_the_amplitude() -> None:
         lm = scene.project(e.apex)
         near = np.linalg.norm(lm[list(REGION_POINTS[e.region])] - (x, y), axis=1).min()
         assert near < 0.12 * plan.face_px, (e.region, near)
+
+
+def test_the_face_moves_on_its_own_and_the_lids_follow_the_gaze() -> None:
+    """Version 4: natural actions (never overlapping a micro event in its face area: exact ground truth)
+    move their landmarks by their amplitude; the upper lids follow the gaze in fixations and saccades."""
+    plan, scene = webcam.plan_webcam_video(3, duration_s=20, n_micro=5, face_px=260)
+    natural = [e for e in plan.events if e.kind == "natural"]
+    micro = [e for e in plan.events if e.kind == "micro"]
+    assert len(natural) >= 10 and {e.region for e in natural} <= set(webcam.NATURAL_ACTIONS)
+    pad = round(0.15 * plan.fps)
+    for n in natural:
+        same_area = [m for m in micro if webcam.MICRO_AREAS[m.region] == webcam.NATURAL_AREAS[n.region]]
+        assert all(n.offset < m.onset - pad or n.onset > m.offset + pad for m in same_area), (n, micro)
+        assert 0.15 * plan.fps - 1 <= n.offset - n.onset <= 0.9 * plan.fps + 1 and n.amplitude_px > 0
+    # the largest lone action, rendered with and without it: flow peaks at its amplitude, at its landmarks
+    lone = [e for e in natural if not any(o is not e and o.onset <= e.offset and e.onset <= o.offset
+                                          for o in plan.events if o.kind in ("natural", "blink", "macro", "hand"))]
+    e = max(lone, key=lambda x: x.amplitude_px)
+    without_plan = webcam.WebcamPlan(**{**plan.__dict__, "events": [o for o in plan.events if o is not e]})
+    with_it, = webcam.render_frames(plan, scene, [e.apex], camera=False)
+    without, = webcam.render_frames(without_plan, scene, [e.apex], camera=False)
+    gray = [cv2.cvtColor(x, cv2.COLOR_BGR2GRAY) for x in (without, with_it)]
+    mag = np.linalg.norm(cv2.calcOpticalFlowFarneback(gray[0], gray[1], None, *FARNEBACK), axis=2)
+    peak = float(np.quantile(mag, 0.9995))
+    assert 0.6 * e.amplitude_px < peak < 1.4 * e.amplitude_px, (e.region, e.amplitude_px, peak)
+    # gaze: fixations (most frames hold the level) and saccades (a few large steps); lids within reach
+    lid = plan.gaze_lid
+    assert lid is not None and lid.shape == (plan.n_frames,)
+    steps = np.abs(np.diff(lid))
+    scale = plan.crop_px / webcam.CROP_PX
+    assert np.mean(steps < 0.01 * scale) > 0.6 and steps.max() > 0.3 * scale
+    assert 0.5 * scale < lid.std() < 3 * webcam.GAZE_LID_CROP_PX * scale
 
 
 def test_talking_articulates_the_lips_beyond_the_jaw() -> None:
@@ -281,12 +313,20 @@ def test_cli_writes_webcam_videos(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert sum(r["kind"] == "micro" for r in rows) == 1
     assert not (tmp_path / "CASME2_RAW_selected").exists()  # webcam style writes videos only
     assert "webcam style" in capsys.readouterr().out
+    assert not (tmp_path / "videos" / "controls").exists()
+    with pytest.raises(SystemExit) as exit_info:  # --controls: the same videos without their micro events
+        main(["synth", str(tmp_path / "c"), "--style", "webcam", "--videos", "1", "--video-seconds", "5", "--controls"])
+    assert exit_info.value.code in (0, None)
+    _, rows = read_rows(tmp_path / "c" / "videos" / "controls" / "webcam_00.gt.csv")
+    assert rows and not any(r["kind"] == "micro" for r in rows)
+    assert "control" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [
     (["--style", "cartoon"], "--style must be classic or webcam"),
     (["--style", "webcam", "--videos", "0"], "--videos must be at least 1"),
     (["--style", "webcam", "--video-seconds", "2"], "--video-seconds must be at least 5"),
+    (["--controls"], "--controls is for --style webcam"),
 ])
 def test_cli_bad_options_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
     from slstt.cli import main
@@ -335,6 +375,39 @@ def test_spotting_set_writes_event_and_no_event_videos(tmp_path: Path) -> None:
     assert info["event_seeds"] == [21] and info["videos"] == ["webcam_21.mp4", "webcam_22_noevents.mp4"]
     assert info["generator_version"] == webcam.GENERATOR_VERSION
     assert all((tmp_path / v).stat().st_size > 1000 for v in info["videos"])
+
+
+def test_a_control_is_the_same_video_without_its_micro_events(tmp_path: Path) -> None:
+    """write_controls: each event video of a set again, without its micro events, under controls/ (out
+    of the set: a folder analysis does not pool it); explain finds it; an existing one is kept."""
+    from slstt.realtime.analyze import collect_videos
+    from slstt.realtime.explain import control_for
+
+    webcam.spotting_set(tmp_path, [21, 22], duration_s=4, size=SMALL, n_micro=1, event_fraction=0.5, controls=True)
+    video, control = tmp_path / "webcam_21.mp4", tmp_path / "controls" / "webcam_21.mp4"
+    assert control_for(video) == control and control_for(tmp_path / "webcam_22_noevents.mp4") is None
+    assert [i.video.name for i in collect_videos(tmp_path)] == ["webcam_21.mp4", "webcam_22_noevents.mp4"]
+    _, rows = read_rows(video.with_suffix(".gt.csv"))
+    _, control_rows = read_rows(control.with_suffix(".gt.csv"))
+    assert control_rows == [r for r in rows if r["kind"] != "micro"] and len(control_rows) < len(rows)
+    assert json.loads(control.with_suffix(".events.json").read_text())["control"] is True
+    event = next(r for r in rows if r["kind"] == "micro")
+    frames, control_frames = decode(video)[0], decode(control)[0]
+    diff = [float(np.abs(a.astype(float) - b).mean()) for a, b in zip(frames, control_frames, strict=True)]
+    onset = int(event["onset_frame"])
+    assert max(diff[:onset]) < 0.05  # identical input frames before the event (the encoder is deterministic)
+    assert max(diff[onset:int(event["offset_frame"]) + 1]) > 3 * max(max(diff[:onset]), 0.01)
+    # a folder analysis with --explain measures each event against the control it did not pool
+    from slstt.realtime.analyze import analyze_many
+
+    result = analyze_many(collect_videos(tmp_path), tmp_path / "out", explain=True)
+    assert result.pooled["videos"] == 2 and result.explained is not None and len(result.explained) == 1
+    assert result.explained[0].lift is not None and result.explained[0].strong is not None
+    stamp = control.stat().st_mtime_ns
+    assert webcam.write_controls(tmp_path) == [control] and control.stat().st_mtime_ns == stamp
+    (tmp_path / "set.json").write_text("{}")
+    with pytest.raises(SlsttError, match="not a spotting set"):
+        webcam.write_controls(tmp_path)
 
 
 def test_a_blink_closes_the_eye_as_the_face_tracker_sees_it() -> None:

@@ -798,6 +798,9 @@ def synth_command(
                                        "AU-placed, known times) into YOUR OWN video instead: --videos copies with "
                                        "events plus one control without, under OUT_DIR/videos/, with ground truth "
                                        "for `slstt analyze OUT_DIR/videos` (see slstt.data.inject)."),
+    controls: bool = typer.Option(False, "--controls", help="--style webcam: also write each video without its "
+                                  "micro events under OUT_DIR/videos/controls/ (`slstt analyze --explain` then "
+                                  "says what each event added to the spotter's score)."),
 ) -> None:
     """Generate a synthetic micro-expression corpus and long test videos with ground truth."""
     from rich.console import Console
@@ -816,6 +819,8 @@ def synth_command(
         raise SlsttError(f"--videos must be 0 or more, got {videos}")
     if videos and video_seconds < 5:
         raise SlsttError(f"--video-seconds must be at least 5, got {video_seconds:g}")
+    if controls and (style != "webcam" or inject is not None):
+        raise SlsttError("--controls is for --style webcam (--inject always writes its control)")
     if style == "webcam" and videos < 1:
         raise SlsttError(f"--style webcam writes only long videos: --videos must be at least 1, got {videos}")
     console = Console()
@@ -827,7 +832,7 @@ def synth_command(
         _injected_videos(inject, out_dir, videos, seed, say)
         return
     if style == "webcam":
-        _webcam_videos(out_dir, videos, video_seconds, seed, say)
+        _webcam_videos(out_dir, videos, video_seconds, seed, say, controls)
         return
     start = time.perf_counter()
     annotation = make_corpus(out_dir, subjects, clips_per_class, class_list, seed, fps, size, progress=True)
@@ -847,10 +852,11 @@ def synth_command(
             f"{time.perf_counter() - start:.1f} s")
 
 
-def _webcam_videos(out_dir: Path, videos: int, seconds: float, seed: int, say) -> None:
+def _webcam_videos(out_dir: Path, videos: int, seconds: float, seed: int, say, controls: bool = False) -> None:
     """`slstt synth --style webcam`: N webcam-like videos (9 micro events per minute, at least 1).
-    Video k uses webcam seed SEED*1000+100+k: never one of webcam.HELD_OUT_SEEDS (1000-1011)."""
-    from slstt.data.webcam import make_webcam_video
+    Video k uses webcam seed SEED*1000+100+k: never one of webcam.HELD_OUT_SEEDS (1000-1011).
+    controls: each also without its micro events, as videos/controls/<name>."""
+    from slstt.data.webcam import CONTROLS, make_webcam_video
 
     if out_dir.exists() and not out_dir.is_dir():
         raise SlsttError(f"OUT_DIR {out_dir} is a file; pass a folder (it is created when missing)")
@@ -861,6 +867,13 @@ def _webcam_videos(out_dir: Path, videos: int, seconds: float, seed: int, say) -
         gt = make_webcam_video(video, seed=seed * 1000 + 100 + k, duration_s=seconds, n_micro=n_micro, progress=True)
         say("video", video, f"webcam style, {seconds:g} s, {n_micro} micro, ground truth {gt.name}, "
             f"{time.perf_counter() - start:.1f} s")
+        if controls:
+            start = time.perf_counter()
+            control = video.parent / CONTROLS / video.name
+            control.parent.mkdir(parents=True, exist_ok=True)
+            make_webcam_video(control, seed=seed * 1000 + 100 + k, duration_s=seconds, n_micro=n_micro, progress=True,
+                              control=True)
+            say("control", control, f"the same without its micro events, {time.perf_counter() - start:.1f} s")
 
 
 def _injected_videos(video: Path, out_dir: Path, copies: int, seed: int, say) -> None:

