@@ -1,5 +1,6 @@
 """Why the spotter missed an event: for every ground-truth micro event, the rules that stood in its way
-and, given a control (the same footage without the events, as `slstt synth --inject` writes it),
+and, given a control (the same footage without the events, as `slstt synth --inject` and
+`--style webcam --controls` write it),
 whether the event alone was strong enough to pass the spotter's threshold on that footage.
 
 The spotter records what its rules saw on every candidate frame (`Spotter.trace`, `CandidateTrace`).
@@ -133,7 +134,7 @@ def rules_against(t: CandidateTrace, site: str, cfg: SpotterConfig) -> tuple[flo
 
 def warming_up(t: CandidateTrace, cfg: SpotterConfig) -> bool:
     """The spotter decides nothing this early (its warm-up and calibration, Spotter.update)."""
-    return t.time_s < max(cfg.warmup_s, cfg.calibrate_s)
+    return t.time_s < cfg.decides_from_s
 
 
 def is_open(t: CandidateTrace, cfg: SpotterConfig) -> bool:
@@ -212,8 +213,8 @@ def explain_events(video: str, truth: list[GroundTruth], trace: dict[int, Candid
 def explain_video(video: str | Path, ground_truth: str | Path | None = None, *, control: str | Path | None = None,
                   config: Any = None, control_trace: dict[int, CandidateTrace] | None = None) -> VideoExplanation:
     """Analyse `video` with the spotter's trace on and explain every micro event of its ground truth
-    (default <stem>.gt.csv). control: the same footage without the events (default: the injected
-    copy's <stem>_noevents control when it exists); control_trace: its trace, if already computed."""
+    (default <stem>.gt.csv). control: the same footage without the events (default: control_for's,
+    when it exists); control_trace: its trace, if already computed."""
     video = Path(video)
     gt_path = Path(ground_truth) if ground_truth is not None else video.with_suffix(".gt.csv")
     if not gt_path.is_file():
@@ -224,10 +225,16 @@ def explain_video(video: str | Path, ground_truth: str | Path | None = None, *, 
     result = analyze_video(video, None, ground_truth=gt_path, config=config, trace=trace)
     control_path = Path(control) if control is not None else control_for(video)
     if control_path is not None and control_trace is None:
-        control_trace = {}
-        analyze_video(control_path, None, config=config, trace=control_trace)
+        control_trace = _trace_of(control_path, config)
     events = _explain(video.name, result, truth, trace, config, control_trace)
     return VideoExplanation(video.name, control_path.name if control_path else None, events, trace, control_trace)
+
+
+def _trace_of(video: Path, config: Any) -> dict[int, CandidateTrace]:
+    """Every candidate frame's CandidateTrace of `video` (a control: nothing written, no ground truth)."""
+    trace: dict[int, CandidateTrace] = {}
+    analyze_video(video, None, config=config, trace=trace)
+    return trace
 
 
 def _explain(name: str, result: Any, truth: list[GroundTruth], trace: dict[int, CandidateTrace], config: Any,
@@ -251,8 +258,7 @@ def explain_runs(runs: dict[Path, tuple[Any, list[GroundTruth], dict[int, Candid
             control = control_for(video)
             control_trace = runs[control][2] if control in runs else None
             if control is not None and control_trace is None:  # a control outside the analysed videos
-                control_trace = {}
-                analyze_video(control, None, config=config, trace=control_trace)
+                control_trace = _trace_of(control, config)
             out += _explain(video.name, result, truth, trace, config, control_trace)
     return out
 

@@ -151,6 +151,11 @@ class SpotterConfig:
     calibrate_s: float = 0.0  # neutral baseline: the first seconds set each region's threshold floor
     regions: tuple[str, ...] = DEFAULT_REGIONS
 
+    @property
+    def decides_from_s(self) -> float:
+        """No decision on a candidate earlier than this (the warm-up, and the calibration's baseline)."""
+        return max(self.warmup_s, self.calibrate_s)
+
 
 @dataclass
 class Interval:
@@ -961,7 +966,7 @@ class Spotter:
             return SpotStep(index, t, 0.0, self.threshold, self.low, False, closed)
         if self.thresholds.calibrating:
             self.thresholds.end_calibration()
-        warm = t_c >= max(c.warmup_s, c.calibrate_s)
+        warm = t_c >= c.decides_from_s
         decision = self.machine.step(cand) if warm else None
         if not self.machine.active:
             self.thresholds.add(cand.scores)  # each region's own recent scores, idle frames only

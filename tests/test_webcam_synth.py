@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def test_the_face_moves_on_its_own_and_the_lids_follow_the_gaze() -> None:
     lone = [e for e in natural if not any(o is not e and o.onset <= e.offset and e.onset <= o.offset
                                           for o in plan.events if o.kind in ("natural", "blink", "macro", "hand"))]
     e = max(lone, key=lambda x: x.amplitude_px)
-    without_plan = webcam.WebcamPlan(**{**plan.__dict__, "events": [o for o in plan.events if o is not e]})
+    without_plan = dataclasses.replace(plan, events=[o for o in plan.events if o is not e])
     with_it, = webcam.render_frames(plan, scene, [e.apex], camera=False)
     without, = webcam.render_frames(without_plan, scene, [e.apex], camera=False)
     gray = [cv2.cvtColor(x, cv2.COLOR_BGR2GRAY) for x in (without, with_it)]
