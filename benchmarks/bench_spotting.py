@@ -1,6 +1,8 @@
 """Spotting on webcam-like videos: pooled micro precision / recall / F1 (MEGC rule: IoU >= 0.5,
 one-to-one), false spots per minute on videos without events, recall per amplitude, region and
-context (quiet / busy), and how often the spotter could open an interval on face frames.
+context (quiet / busy), how often the spotter could open an interval on face frames, and the operating
+curve: recall against false spots per minute at threshold_k 2, 3, 4, 5, 6 (followers of the spotter on
+the same flows, one pass; operating_curve.csv/.png).
 
     python benchmarks/bench_spotting.py                      # the held-out seeds (never tuned on)
     python benchmarks/bench_spotting.py --set tuning         # the seeds the defaults were tuned on
@@ -44,6 +46,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=5, help="--inject: copies with events per video")
     parser.add_argument("--explain", action="store_true",
                         help="also say why each missed event was missed (slstt.realtime.explain; explain.csv)")
+    parser.add_argument("--sweep-k", default="2,3,4,5,6",
+                        help="threshold_k values of the operating curve (recall against false spots/min; '' = none)")
     args = parser.parse_args()
 
     folder = args.videos
@@ -72,7 +76,7 @@ def main() -> None:
     if args.during_speech != "penalise":
         out = out.with_name(f"{out.name}_{args.during_speech}")
     t0 = time.perf_counter()
-    config = live_config(during_speech=args.during_speech)
+    config = live_config(during_speech=args.during_speech, sweep_k=args.sweep_k or ())
     result = analyze_many(collect_videos(folder), out, config=config, progress=True, explain=args.explain)
     wall = time.perf_counter() - t0
     print(f"\n{args.set if named else folder}: analysed in {wall:.0f} s")

@@ -171,6 +171,8 @@ class AnalyzeResult:
     face_frames: int = 0
     spot_frames: int = 0  # face frames on which the spotter produced a finite score
     context: dict[str, float] = field(default_factory=dict)  # explain.ContextTally.fractions(): rules_open, ...
+    # with ground truth: micro counts per threshold_k (this run's and LiveConfig.sweep_k's), operating_points()
+    curve: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def spot_ratio(self) -> float:
@@ -324,10 +326,27 @@ def analyze_video(video: str | Path, out_dir: str | Path | None, *, model: str |
     stats = pipe.stats
     result = AnalyzeResult(events, stats.frames, stats.frames / outcome.wall_s if outcome.wall_s > 0 else 0.0,
                            source.fps, score_spotting(events, truth) if truth is not None else None, warnings, out,
-                           stats.face_frames, stats.spot_frames, tally.fractions())
+                           stats.face_frames, stats.spot_frames, tally.fractions(),
+                           operating_points(pipe, events, truth) if truth is not None else [])
     if out is not None:
         _write_analysis(out, result, pipe.history, truth, video, model)
     return result
+
+
+def operating_points(pipe: Any, events: list[SpotEvent], truth: list[GroundTruth]) -> list[dict[str, Any]]:
+    """Micro counts (MEGC rule) at this run's threshold_k and at each follower's (LiveConfig.sweep_k),
+    sorted by k. this_run marks the run's own events (the ones written and recognised)."""
+    spotter = pipe.spotter
+    if spotter is None:
+        return []
+    points = [(pipe.config.spotter.threshold_k, True, events)]
+    points += [(f.cfg.threshold_k, False, [SpotEvent.from_interval(n, iv) for n, iv in enumerate(f.intervals, 1)])
+               for f in spotter.followers]
+    rows = []
+    for k, this_run, spotted in sorted(points, key=lambda p: p[0]):
+        s = score_spotting(spotted, truth)
+        rows.append({"threshold_k": k, "this_run": this_run, "tp": s.tp, "spotted": s.spotted, "truth": s.truth})
+    return rows
 
 
 def _write_analysis(out: Path, result: AnalyzeResult, history: list[tuple[int, float, float, float]],
@@ -344,6 +363,7 @@ def _write_analysis(out: Path, result: AnalyzeResult, history: list[tuple[int, f
         "micro": sum(e.kind == "micro" for e in events), "macro": sum(e.kind == "macro" for e in events),
         "model": str(model) if model else None, "warnings": result.warnings,
         "scores": scores.to_dict() if scores else None,
+        **({"operating_curve": result.curve} if len(result.curve) > 1 else {}),
     })
 
 
@@ -420,6 +440,7 @@ class PooledResult:
     pooled: dict[str, Any]
     out_dir: Path
     explained: list[Any] | None = None  # explain=True: an EventExplanation per micro event (slstt.realtime.explain)
+    curve: list[dict[str, Any]] = field(default_factory=list)  # LiveConfig.sweep_k: pooled numbers per threshold_k
 
 
 def _pooled_numbers(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -439,8 +460,9 @@ def _pooled_numbers(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+CURVE_OUTPUTS = ("operating_curve.csv", "operating_curve.png")  # written with a sweep (LiveConfig.sweep_k)
 POOLED_OUTPUTS = ("pooled.json", "per_video.csv", "per_group.csv", "pooled.png", "explain.csv", "explain.png",
-                  "videos")  # in --out
+                  *CURVE_OUTPUTS, "videos")  # in --out
 
 
 class _Pool:
@@ -450,6 +472,7 @@ class _Pool:
         self.rows: list[dict[str, Any]] = []
         self.per_group: dict[tuple[str, str], list[int]] = {}
         self.fired: dict[str, dict[str, int]] = {}
+        self.curve: dict[tuple[float, bool], list[dict[str, Any]]] = {}  # (threshold_k, this run) -> per-video rows
 
     def add(self, video: Path, result: AnalyzeResult, truth: list[GroundTruth]) -> None:
         s = result.scores
@@ -460,6 +483,10 @@ class _Pool:
                           "truth": s.truth, "spotted": s.spotted, "tp": s.tp, "precision": round(s.precision, 4),
                           "recall": round(s.recall, 4), "f1": round(s.f1, 4),
                           "processing_fps": round(result.fps, 1), **result.context})
+        for point in result.curve:  # the same per-video numbers as the rows above, per threshold_k
+            row = {k: self.rows[-1][k] for k in ("seconds", "frames", "face_frames")}
+            self.curve.setdefault((point["threshold_k"], point["this_run"]), []).append(
+                {**row, **{k: point[k] for k in ("tp", "spotted", "truth")}})
         found = {(m["truth_onset"], m["truth_offset"]) for m in s.matches}
         for g in truth:
             if g.kind == "micro":
@@ -477,6 +504,15 @@ class _Pool:
                 counts = self.per_group.setdefault((group, value), [0, 0])
                 counts[0] += hit
                 counts[1] += 1
+
+    def operating_curve(self) -> list[dict[str, Any]]:
+        """Pooled numbers per threshold_k (_pooled_numbers, as pooled.json's), when the run swept k."""
+        if len(self.curve) < 2:
+            return []
+        keep = ("tp", "spotted", "truth", "precision", "recall", "f1", "false_spots_per_minute",
+                "false_spots_per_minute_without_events")
+        return [{"threshold_k": k, "this_run": this_run, **{name: numbers[name] for name in keep}}
+                for (k, this_run), rows in sorted(self.curve.items()) if (numbers := _pooled_numbers(rows))]
 
     def groups(self) -> list[dict[str, Any]]:
         return [{"group": g, "value": v, "found": c[0], "truth": c[1], "recall": round(c[0] / c[1], 4)}
@@ -522,13 +558,19 @@ def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Pa
     if explained is not None:
         why.write_csv(out / "explain.csv", explained)
         why.plot(out / "explain.png", explained)
-    groups, pooled = pool.groups(), _pooled_numbers(pool.rows)
+    groups, pooled, curve = pool.groups(), _pooled_numbers(pool.rows), pool.operating_curve()
     _write_table(out / "per_video.csv", pool.rows)
     _write_table(out / "per_group.csv", groups)
     atomic_write_json(out / "pooled.json", {"pooled": pooled, "groups": groups, "fired": pool.fired,
-                                            "videos": pool.rows})
+                                            "videos": pool.rows, **({"operating_curve": curve} if curve else {})})
     _plot_pooled(out / "pooled.png", pool.rows, groups, pooled)
-    return PooledResult(pool.rows, groups, pool.fired, pooled, out, explained)
+    if curve:
+        _write_table(out / CURVE_OUTPUTS[0], curve)
+        _plot_curve(out / CURVE_OUTPUTS[1], curve, pooled)
+    else:  # an earlier run's curve (allowed by --overwrite) would not describe this one
+        for name in CURVE_OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+    return PooledResult(pool.rows, groups, pool.fired, pooled, out, explained, curve)
 
 
 def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -571,6 +613,47 @@ def _plot_pooled(path: Path, rows: list[dict[str, Any]], groups: list[dict[str, 
     plt.close(fig)
 
 
+def _plot_curve(path: Path, curve: list[dict[str, Any]], pooled: dict[str, Any]) -> None:
+    """Recall against false spots per minute, one point per threshold_k (this run's in red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, style, name in (("false_spots_per_minute", "o-", "all video"),
+                             ("false_spots_per_minute_without_events", "s--", "videos without events")):
+        pts = [(p[key], p["recall"], p) for p in curve if p[key] is not None]
+        if not pts:
+            continue
+        line, = ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], style, ms=4, lw=1, label=name)
+        for x, y, p in pts:
+            ax.annotate(f"k {p['threshold_k']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color="tab:red" if p["this_run"] else line.get_color())
+    ax.axvline(5.0, color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("false spots per minute")
+    ax.set_ylabel("micro recall (IoU >= 0.5)")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlim(left=0)
+    ax.set_title(f"operating curve over threshold_k ({pooled['truth']} events, {pooled['minutes']:.1f} min; "
+                 "red: this run's k)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(path, fig, dpi=110)
+    plt.close(fig)
+
+
+def curve_lines(curve: list[dict[str, Any]]) -> list[str]:
+    lines = ["operating curve (recall at false spots per minute per threshold_k; choose k on tuning videos: a k "
+             "picked from this curve is tuned on these):"]
+    for p in curve:
+        free = p["false_spots_per_minute_without_events"]
+        lines.append(f"  k {p['threshold_k']:<5g} recall {p['recall']:.3f} ({p['tp']}/{p['truth']}) at "
+                     f"{p['false_spots_per_minute']} false spots/min" + (f" ({free} without events)" if free is not None else "")
+                     + ("   <- this run" if p["this_run"] else ""))
+    return lines
+
+
 def pooled_lines(result: PooledResult) -> list[str]:
     p = result.pooled
     lines = [f"{p['videos']} videos, {p['minutes']:.1f} min: micro precision {p['precision']:.3f}  recall "
@@ -582,6 +665,9 @@ def pooled_lines(result: PooledResult) -> list[str]:
         lines.append(f"  {g['group']:>12} {g['value']:<16} recall {g['recall']:.3f} ({g['found']}/{g['truth']})")
     lines.append(f"tables: {result.out_dir / 'per_video.csv'}, {result.out_dir / 'per_group.csv'}; "
                  f"plot: {result.out_dir / 'pooled.png'}")
+    if result.curve:
+        lines += curve_lines(result.curve)
+        lines.append(f"curve: {result.out_dir / CURVE_OUTPUTS[0]}; plot: {result.out_dir / CURVE_OUTPUTS[1]}")
     if result.explained is not None:
         from slstt.realtime.explain import summary_lines as why_lines
 

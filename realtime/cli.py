@@ -41,12 +41,12 @@ def _check_int(option: str, value: int | None, low: int, high: int) -> None:
 
 def _live_config(threshold_k: float | None, min_micro_ms: float | None, max_micro_ms: float | None,
                  calibrate: float, landmark_every: int, face_model: Path | None, device: str,
-                 during_speech: str) -> Any:
+                 during_speech: str, sweep_k: str | None = None) -> Any:
     from slstt.realtime.pipeline import live_config
 
     return live_config(threshold_k=threshold_k, min_micro_ms=min_micro_ms, max_micro_ms=max_micro_ms,
                        calibrate=calibrate, landmark_every=landmark_every, face_model=face_model, device=device,
-                       during_speech=during_speech)
+                       during_speech=during_speech, sweep_k=sweep_k or ())
 
 
 def _check_model(model: Path | None) -> None:
@@ -292,14 +292,23 @@ def analyze_command(
     explain: bool = typer.Option(False, "--explain", help="Many videos: also say why each missed micro event was "
                                  "missed (the rules in its way; with the control of an injected copy, whether it "
                                  "rose above the footage's own movement) into explain.csv."),
+    sweep_k: str | None = typer.Option(None, "--sweep-k", metavar="K1,K2,...",
+                                       help="With ground truth: also score the spotter at these threshold_k values "
+                                       "on the same flows (one pass) -> operating_curve.csv/.png: recall against "
+                                       "false spots per minute."),
 ) -> None:
     """Run the live pipeline over a video file (or many, pooled) as fast as possible and report events."""
     from slstt.realtime.analyze import summary_lines
 
     many = video.is_dir() or video.suffix.lower() == ".csv"
     config = _live_config(threshold_k, min_micro_ms, max_micro_ms, calibrate, landmark_every, face_model, device,
-                          during_speech)
+                          during_speech, sweep_k)
     _check_model(model)
+    if sweep_k and not many and ground_truth is None:
+        from slstt.errors import SlsttError
+
+        raise SlsttError(f"--sweep-k scores against ground truth: pass --ground-truth for {video}, or a folder or "
+                         "CSV list of videos with <stem>.gt.csv")
     if many:
         for line in _analyze_many(video, out, model=model, config=config, ground_truth=ground_truth, record=record,
                                   overwrite=overwrite, face_model=face_model, explain=explain):

@@ -13,10 +13,13 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from slstt.errors import SlsttError
 from slstt.io import atomic_write_text, nan_to_none
+
+if TYPE_CHECKING:
+    from slstt.realtime.spotting import Interval
 
 CSV_COLUMNS = [
     "event", "kind", "onset_frame", "apex_frame", "offset_frame", "onset_s", "apex_s", "offset_s",
@@ -47,6 +50,12 @@ class SpotEvent:
     recognition_note: str | None = None  # e.g. cropped with the tracked box (no face on the apex frame)
     closed_s: float = 0.0  # stream time at which the spotter closed the event (latency = window)
     region: str = ""  # the facial region that fired (the spotter's Interval.region)
+
+    @classmethod
+    def from_interval(cls, number: int, iv: Interval) -> SpotEvent:
+        """The event of a spotter's closed interval (not yet labelled)."""
+        return cls(number, iv.kind, iv.onset, iv.apex, iv.offset, iv.onset_s, iv.apex_s, iv.offset_s, iv.score,
+                   iv.threshold, dict(iv.regions), closed_s=iv.closed_s, region=iv.region)
 
     @property
     def duration_ms(self) -> float:

@@ -49,6 +49,9 @@ class LiveConfig:
     # track frame i's face on a worker thread while frame i-1 is spotted (MediaPipe and OpenCV release
     # the GIL, so the two share the cores); the same results, one frame later
     parallel_tracking: bool = True
+    # analyze's operating curve: followers of the spotter at these threshold_k values, on the same flows
+    # (Spotter.follower); their intervals are scored beside the spotter's own, never emitted as events
+    sweep_k: tuple[float, ...] = ()
 
 
 DEVICES = ("auto", "tensorrt", "cuda", "cpu")  # onnxruntime providers of slstt.export.runtime
@@ -58,10 +61,11 @@ MAX_MICRO_LIMIT_MS = 2000.0  # the frame ring holds 3 s: a micro event and its c
 
 def live_config(*, threshold_k: float | None = None, min_micro_ms: float | None = None,
                 max_micro_ms: float | None = None, calibrate: float = 0.0, landmark_every: int = 3,
-                face_model: str | Path | None = None, device: str = "auto", **spotter: Any) -> LiveConfig:
+                face_model: str | Path | None = None, device: str = "auto", sweep_k: str | tuple[float, ...] = (),
+                **spotter: Any) -> LiveConfig:
     """A checked LiveConfig from the knobs `live`, `analyze` and `slstt.Detector` share (one line
     naming the option for a bad value; an explicit GPU device that cannot run fails here, in < 3 s).
-    `spotter`: any other SpotterConfig field."""
+    `spotter`: any other SpotterConfig field; sweep_k: threshold_k values of an operating curve (analyze)."""
     from slstt.errors import SlsttError, check_int, check_number
     from slstt.export.runtime import check_provider
 
@@ -73,6 +77,7 @@ def live_config(*, threshold_k: float | None = None, min_micro_ms: float | None 
     check_number("--min-micro-ms", min_micro_ms, 0.0, MAX_MICRO_LIMIT_MS, low_open=True)
     check_number("--max-micro-ms", max_micro_ms, 0.0, MAX_MICRO_LIMIT_MS, low_open=True)
     check_int("--landmark-every", landmark_every, 1, 1000)
+    sweep_k = check_sweep_k(sweep_k)
     if face_model is not None and not Path(face_model).is_file():
         raise SlsttError(f"--face-model {face_model}: file not found; pass a MediaPipe .task file or leave it out")
     known = set(SpotterConfig.__dataclass_fields__)
@@ -86,7 +91,27 @@ def live_config(*, threshold_k: float | None = None, min_micro_ms: float | None 
     if spot.min_micro_ms >= spot.max_micro_ms:
         raise SlsttError(f"--min-micro-ms ({spot.min_micro_ms:g}) must be below --max-micro-ms ({spot.max_micro_ms:g})")
     return LiveConfig(spotter=spot, tracker=TrackerConfig(every=landmark_every),
-                      face_model=str(face_model) if face_model else None, device=device)
+                      face_model=str(face_model) if face_model else None, device=device,
+                      sweep_k=tuple(k for k in sweep_k if k != spot.threshold_k))
+
+
+MAX_SWEEP = 12  # each follower costs its rules on every frame (no flows): a dozen stays cheap
+
+
+def check_sweep_k(values: Any) -> tuple[float, ...]:
+    """--sweep-k: distinct threshold_k values (each > 0), sorted; a string "2,3,4" is accepted."""
+    from slstt.errors import SlsttError, check_number
+
+    try:
+        parts = values.replace(" ", "").split(",") if isinstance(values, str) else list(values)
+        out = sorted({float(v) for v in parts if v != ""})
+    except (TypeError, ValueError):
+        raise SlsttError(f"--sweep-k {values!r}: give comma-separated numbers, e.g. 2,3,4,6") from None
+    for v in out:
+        check_number("--sweep-k", v, 0.0, 1000.0, low_open=True)
+    if len(out) > MAX_SWEEP:
+        raise SlsttError(f"--sweep-k: {len(out)} values; give at most {MAX_SWEEP}")
+    return tuple(out)
 
 
 @dataclass
@@ -153,6 +178,8 @@ class LivePipeline:
         self.fps = float(fps) if fps and fps > 0 else 30.0
         self.spotter = Spotter(self.config.spotter, self.fps)
         self.spotter.trace = self.spot_trace
+        for k in self.config.sweep_k:
+            self.spotter.follower(threshold_k=k)
         self.ring = FrameRing(int(self.config.buffer_s * self.fps) + 2)
         self.trace = deque(maxlen=max(10, int(self.config.trace_s * self.fps)))
 
@@ -224,9 +251,7 @@ class LivePipeline:
 
     def _on_interval(self, iv: Interval) -> None:
         self._event_count += 1
-        event = SpotEvent(self._event_count, iv.kind, iv.onset, iv.apex, iv.offset, iv.onset_s, iv.apex_s,
-                          iv.offset_s, iv.score, iv.threshold, dict(iv.regions), closed_s=iv.closed_s,
-                          region=iv.region)
+        event = SpotEvent.from_interval(self._event_count, iv)
         self.stats.events += 1
         if iv.kind == "micro":
             self.stats.micro += 1

@@ -52,6 +52,7 @@ they talk), kept the classic videos' F1 >= 0.9, and never saw the held-out seeds
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -155,6 +156,12 @@ class SpotterConfig:
     def decides_from_s(self) -> float:
         """No decision on a candidate earlier than this (the warm-up, and the calibration's baseline)."""
         return max(self.warmup_s, self.calibrate_s)
+
+
+# what MotionScorer measures: a follower (Spotter.follower) shares its leader's measurements, so these stay equal
+MOTION_FIELDS = frozenset({"flow_size", "flow_backend", "flow_params", "gap_s", "highpass", "region_radius", "align",
+                           "depth_model", "subtract_model", "zone_radius", "macro_gap_s", "macro_flow_size",
+                           "macro_highpass", "regions"})
 
 
 @dataclass
@@ -684,6 +691,8 @@ class Spotter:
         self._mouth: deque[tuple[int, float]] = deque(maxlen=max(4, round(c.talk_window_s * fps)))
         self.rejected: list[Decision] = []  # recent rejections (for diagnostics), bounded
         self.threshold, self.low = 1.0, c.low_ratio
+        self.followers: list[Spotter] = []  # fed this spotter's movements (follower())
+        self.intervals: list[Interval] = []  # a follower's closed intervals
 
     # --- frames ----------------------------------------------------------------------------
     def time_of(self, index: int) -> float:
@@ -936,6 +945,8 @@ class Spotter:
 
     def flush(self) -> list[Interval]:
         """The stream ended: a long expression whose release was under way is closed now."""
+        for follower in self.followers:
+            follower.intervals += follower.flush()
         run, self._macro_run = self._macro_run, None
         if run is None or not self._frames:
             return []
@@ -943,20 +954,39 @@ class Spotter:
         run.last = min(run.last, last)
         return self._end_run(run, last)
 
+    # --- followers: the same movements, other thresholds (an operating curve in one pass) -------------
+    def follower(self, **changes: Any) -> Spotter:
+        """A spotter with this one's config but for `changes` (decision knobs only: threshold_k, the
+        rules), fed this spotter's movements on every update instead of measuring its own (the flows are
+        most of the cost). Its closed intervals collect in its `intervals`."""
+        moved = sorted(k for k in changes if k in MOTION_FIELDS)
+        if moved:
+            raise ValueError(f"a follower measures nothing itself: {', '.join(moved)} must stay the leader's")
+        follower = Spotter(dataclasses.replace(self.cfg, **changes), self.fps)
+        self.followers.append(follower)
+        return follower
+
     # --- per frame ------------------------------------------------------------------------------
     def update(self, gray: np.ndarray, index: int, t: float, box: CropBox | None,
                landmarks: np.ndarray | None, depth: np.ndarray | None = None) -> SpotStep:
         """depth: MediaPipe's (478,) relative landmark depth (FaceState.depth); optional."""
+        motion = self.scorer.update(gray, index, box, landmarks, depth)
+        macro = self.macro.update(gray, index, box, landmarks)
+        for follower in self.followers:
+            follower.intervals += follower._step(gray, index, t, box, landmarks, motion, macro).closed
+        return self._step(gray, index, t, box, landmarks, motion, macro)
+
+    def _step(self, gray: np.ndarray, index: int, t: float, box: CropBox | None, landmarks: np.ndarray | None,
+              motion: FrameMotion | None, macro: FrameMotion | None) -> SpotStep:
         c = self.cfg
         self._remember(index, gray, box, landmarks, t)
         closed: list[Interval] = []
-        motion = self.scorer.update(gray, index, box, landmarks, depth)
         if motion is not None:
             self._motion[motion.index] = motion
         if landmarks is not None and box is not None:  # how far the lips are apart (talking)
             self._mouth.append((index, float(np.hypot(*(landmarks[LOWER_INNER_LIP] - landmarks[UPPER_INNER_LIP])))
                                 / max(float(box.side), 1.0)))
-        closed += self._macro_step(self.macro.update(gray, index, box, landmarks), index)
+        closed += self._macro_step(macro, index)
         cand = self._candidate(index)
         if cand is None:
             return SpotStep(index, t, float("nan"), self.threshold, self.low, self.machine.active, closed)

@@ -44,7 +44,9 @@ class Detector:
     model: an .onnx file from `slstt export onnx` (or `slstt.export`); None = spotting only.
     device: auto | tensorrt | cuda | cpu (recognition). Spotter options: calibrate (s),
     threshold_k, min_micro_ms, max_micro_ms, landmark_every, face_model, and any other
-    `slstt.realtime.spotting.SpotterConfig` field. Checked at once, one line for a bad value."""
+    `slstt.realtime.spotting.SpotterConfig` field; sweep_k=(2, 3, 5): analyze with ground truth also
+    scores those threshold_k values in the same pass (AnalyzeResult.curve / PooledResult.curve,
+    operating_curve.csv). Checked at once, one line for a bad value."""
 
     def __init__(self, model: PathLike | None = None, device: str = "auto", *, calibrate: float = 0.0,
                  threshold_k: float | None = None, min_micro_ms: float | None = None,

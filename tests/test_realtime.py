@@ -418,3 +418,42 @@ def test_device_tensorrt_is_accepted_and_checked(tiny_model, no_face_video, tmp_
         line = cli_error(capsys, *args)
         assert "--device tensorrt is not usable here" in line and "--device auto or cpu" in line
     assert "choose auto, tensorrt, cuda, cpu" in cli_error(capsys, *args[:-4], "--device", "npu")
+
+
+def test_operating_curve_scores_followers_on_the_same_flows(synth_long_video, tmp_path, capsys):
+    """analyze with sweep_k: one pass gives the pooled numbers at each threshold_k beside the run's own
+    (whose row equals pooled.json's); a curve left by an earlier run goes when the next has none."""
+    from slstt.realtime.analyze import CURVE_OUTPUTS, analyze_many, collect_videos, pooled_lines
+    from slstt.realtime.pipeline import live_config
+
+    video, gt = synth_long_video
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / video.name).symlink_to(video)
+    (folder / gt.name).symlink_to(gt)
+    out = tmp_path / "out"
+    result = analyze_many(collect_videos(folder), out, config=live_config(sweep_k=(50.0, 0.5)))
+    assert [(p["threshold_k"], p["this_run"]) for p in result.curve] == [(0.5, False), (4.0, True), (50.0, False)]
+    run = result.curve[1]
+    assert {k: run[k] for k in ("tp", "spotted", "recall", "false_spots_per_minute")} == {
+        k: result.pooled[k] for k in ("tp", "spotted", "recall", "false_spots_per_minute")}
+    spotted = [p["spotted"] for p in result.curve]
+    assert spotted[0] >= spotted[1] >= spotted[2] and spotted[0] > spotted[2]  # lower k, more spots
+    assert json.loads((out / "pooled.json").read_text())["operating_curve"] == result.curve
+    assert all((out / name).is_file() for name in CURVE_OUTPUTS)
+    assert any(line.startswith("  k 4 ") and "this run" in line for line in pooled_lines(result))
+    again = analyze_many(collect_videos(folder), out, config=live_config())
+    assert again.curve == [] and not any((out / name).exists() for name in CURVE_OUTPUTS)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--sweep-k", "2,x"], "--sweep-k '2,x': give comma-separated numbers"),
+    (["--sweep-k", "2,-1"], "--sweep-k -1: give a finite number above 0"),
+    (["--sweep-k", "2"], "--sweep-k scores against ground truth: pass --ground-truth"),
+])
+def test_bad_sweep_is_one_line(no_face_video, tmp_path, extra, message):
+    proc = run_cli("analyze", str(no_face_video), "--out", str(tmp_path / "o"), *extra)
+    assert proc.returncode == 2
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -3,6 +3,8 @@ machine) and together, on frames rendered here from the packaged face photo with
 
 from __future__ import annotations
 
+from collections import deque
+
 import cv2
 import numpy as np
 import pytest
@@ -167,6 +169,28 @@ def test_spotter_finds_a_micro_movement_on_a_drifting_head_and_measures_its_inte
     assert inter / union >= 0.5, (e.onset, e.apex, e.offset)
     assert e.region.startswith("lip_corner") and abs(e.apex - apex) <= 2
     assert (e.closed_index - e.apex) / FPS <= 0.5  # decided within 0.5 s of the apex
+
+
+def test_a_follower_decides_as_a_spotter_of_its_own_config_on_the_leaders_flows(face):
+    """Spotter.follower (analyze's operating curve): the same intervals as a separate spotter at its
+    threshold_k, from the leader's movements; a knob that changes what is measured is refused."""
+    img, lm, field = face
+    n, onset, apex, offset = 120, 70, 75, 80
+    profile = synth.rise_fall(np.arange(n), onset, apex, offset)
+    frames = [(render(img, (0.08 * i, 0.03 * i), field, float(profile[i])), moved_landmarks(lm, (0.08 * i, 0.03 * i)))
+              for i in range(n)]
+    leader, alone = Spotter(SpotterConfig(), FPS), Spotter(SpotterConfig(threshold_k=1.5), FPS)
+    low, high = leader.follower(threshold_k=1.5), leader.follower(threshold_k=1000.0)
+    own, separate = [], []
+    for i, (gray, landmarks) in enumerate(frames):
+        own += leader.update(gray, i, i / FPS, crop_box(landmarks), landmarks).closed
+        separate += alone.update(gray, i, i / FPS, crop_box(landmarks), landmarks).closed
+    own, separate = own + leader.flush(), separate + alone.flush()
+    assert low.intervals == separate and [e.kind for e in own] == ["micro"]  # to the last float
+    assert not [e for e in high.intervals if e.kind == "micro"]  # each decides with its own k
+    assert low.scorer._frames == deque()  # it measured nothing itself
+    with pytest.raises(ValueError, match="gap_s"):
+        leader.follower(gap_s=0.3)
 
 
 def test_spotter_stays_quiet_on_head_motion_without_expressions(face):

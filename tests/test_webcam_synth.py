@@ -406,6 +406,12 @@ def test_a_control_is_the_same_video_without_its_micro_events(tmp_path: Path) ->
     assert result.explained[0].lift is not None and result.explained[0].strong is not None
     stamp = control.stat().st_mtime_ns
     assert webcam.write_controls(tmp_path) == [control] and control.stat().st_mtime_ns == stamp
+    record = control.with_suffix(".events.json")
+    kept = record.read_text()
+    record.write_text(kept.replace('"seed": 21', '"seed": 22'))  # another video's control: refused, kept
+    with pytest.raises(SlsttError, match="not the control of seed 21"):
+        webcam.write_controls(tmp_path)
+    assert control.stat().st_mtime_ns == stamp
     (tmp_path / "set.json").write_text("{}")
     with pytest.raises(SlsttError, match="not a spotting set"):
         webcam.write_controls(tmp_path)

@@ -1406,9 +1406,27 @@ def write_controls(set_dir: str | os.PathLike, progress: bool = False) -> list[P
     out = []
     for seed in seeds:
         control = set_dir / CONTROLS / f"webcam_{seed}.mp4"
-        if not control.with_suffix(".events.json").is_file():
+        record = control.with_suffix(".events.json")
+        if record.is_file():
+            _check_control(record, seed, fps, size)  # kept only when it is this set's
+        else:
             control.parent.mkdir(parents=True, exist_ok=True)
             make_webcam_video(control, seed, duration_s, fps, (size[0], size[1]), n_micro, progress=progress,
                               control=True)
         out.append(control)
     return out
+
+
+def _check_control(record: Path, seed: int, fps: float, size: tuple[int, ...]) -> None:
+    """An existing control is kept only if its record says it is the control of this seed, frame rate,
+    size and generator version; anything else is one line (it is never overwritten)."""
+    try:
+        info = json.loads(record.read_text(encoding="utf-8"))
+        mine = (info["kind"] == WEBCAM_KIND and info["control"] is True and int(info["seed"]) == seed
+                and int(info["generator_version"]) == GENERATOR_VERSION and float(info["fps"]) == fps
+                and [int(x) for x in info["size"]] == list(size))
+    except (OSError, ValueError, KeyError, TypeError):
+        mine = False
+    if not mine:
+        raise SlsttError(f"{record}: not the control of seed {seed} at {fps:g} fps, {size[0]}x{size[1]}, generator "
+                         f"version {GENERATOR_VERSION}; move {record.parent} away to write this set's controls")
