@@ -386,6 +386,10 @@ def summary_lines(result: AnalyzeResult) -> list[str]:
         if s.label_accuracy is not None:
             lines.append(f"spot-then-recognise: {s.correct_label}/{s.tp} correctly spotted events have the right "
                          f"label (accuracy {s.label_accuracy:.3f}); combined F1 {s.combined_f1:.3f}")
+    if len(result.curve) > 1:
+        lines.append("operating curve (micro): " + "; ".join(
+            f"k {p['threshold_k']:g}{' (this run)' if p['this_run'] else ''}: {p['tp']} of {p['truth']} found, "
+            f"{p['spotted']} spotted" for p in result.curve))
     return lines
 
 

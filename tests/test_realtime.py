@@ -440,6 +440,8 @@ def test_operating_curve_scores_followers_on_the_same_flows(synth_long_video, tm
     spotted = [p["spotted"] for p in result.curve]
     assert spotted[0] >= spotted[1] >= spotted[2] and spotted[0] > spotted[2]  # lower k, more spots
     assert json.loads((out / "pooled.json").read_text())["operating_curve"] == result.curve
+    per_video = json.loads((out / "videos" / video.stem / "summary.json").read_text())["operating_curve"]
+    assert [(p["threshold_k"], p["spotted"]) for p in per_video] == [(p["threshold_k"], p["spotted"]) for p in result.curve]
     assert all((out / name).is_file() for name in CURVE_OUTPUTS)
     assert any(line.startswith("  k 4 ") and "this run" in line for line in pooled_lines(result))
     again = analyze_many(collect_videos(folder), out, config=live_config())
