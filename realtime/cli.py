@@ -275,7 +275,7 @@ def analyze_command(
                                  "CSV list with columns video,ground_truth: pooled micro scores over all of them."),
     out: Path = typer.Option(Path("analyze_out"), "--out", help="Folder for events.jsonl, events.csv, timeline.png, "
                              "summary.json (many videos: pooled.json, per_video.csv, per_group.csv, pooled.png, "
-                             "videos/)."),
+                             "videos/; with --sweep-k: operating_curve.csv/.png)."),
     model: Path | None = typer.Option(None, "--model", help="Exported model.onnx to label micro events."),
     ground_truth: Path | None = typer.Option(None, "--ground-truth", help="Ground-truth CSV (synth .gt.csv form) to "
                                              "score one video against."),

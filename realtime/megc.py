@@ -11,6 +11,7 @@ and results.json (written atomically at the end). Only typer/stdlib at import ti
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from dataclasses import dataclass, field
@@ -82,8 +83,6 @@ class MegcRun:
 
 
 def _config_dict(config: Any) -> Any:
-    import dataclasses
-
     if dataclasses.is_dataclass(config):
         return dataclasses.asdict(config)  # type: ignore[arg-type]
     return repr(config)
@@ -173,7 +172,7 @@ def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 
     first = video.frame_numbers[0]
     started = time.perf_counter()
     source = FrameFolderSource(video, max_side)
-    pipe = LivePipeline(config, model=None)
+    pipe = LivePipeline(dataclasses.replace(config, sweep_k=()), model=None)  # scored by MEGC's rule, not swept
     try:
         sinks = [CallbackSink(on_frame=lambda frame, events: on_frame())] if on_frame is not None else []
         events = list(StreamRunner(source, pipe, sinks).events())

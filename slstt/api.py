@@ -16,6 +16,7 @@ Imported lazily by `import slstt` (`slstt.Detector` ...): nothing heavy loads un
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import types
@@ -79,7 +80,8 @@ class Detector:
                             buffer_s=self.config.buffer_s, on_message=on_warning)
         pipe = None
         try:
-            pipe = LivePipeline(self.config, model=self.model, on_warning=on_warning)
+            # a stream has no ground truth to score a sweep against: no followers
+            pipe = LivePipeline(dataclasses.replace(self.config, sweep_k=()), model=self.model, on_warning=on_warning)
             yield from StreamRunner(video, pipe, sinks, max_seconds=max_seconds).events()
         finally:
             video.close()

@@ -193,6 +193,20 @@ def test_a_follower_decides_as_a_spotter_of_its_own_config_on_the_leaders_flows(
         leader.follower(gap_s=0.3)
 
 
+def test_every_knob_the_motion_scorer_reads_is_a_motion_field():
+    """A follower may change any knob but MOTION_FIELDS: a new knob the scorer reads must join them."""
+    import inspect
+    import re
+
+    from slstt.realtime.spotting import MOTION_FIELDS, RegionGeometry
+
+    read = set(re.findall(r"self\.cfg\.(\w+)", inspect.getsource(MotionScorer)))
+    scorers = [line for line in inspect.getsource(Spotter.__init__).splitlines() if "MotionScorer(" in line]
+    read |= {name for line in scorers for name in re.findall(r"\bc\.(\w+)", line)}
+    assert read and read <= MOTION_FIELDS, read - MOTION_FIELDS
+    assert "self.cfg" not in inspect.getsource(RegionGeometry) and MOTION_FIELDS <= set(SpotterConfig.__dataclass_fields__)
+
+
 def test_spotter_stays_quiet_on_head_motion_without_expressions(face):
     img, lm, _ = face
     n = 120
