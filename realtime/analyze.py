@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,6 +437,72 @@ def collect_videos(spec: str | Path) -> list[VideoItem]:
                      "(video,ground_truth)")
 
 
+# --- resume: a video whose done record matches its inputs and settings is not analysed again ------
+DONE = "done.json"  # in videos/<stem>/, written last (atomically): that video's analysis finished
+DONE_KIND = "slstt.analyze.video"
+
+
+def config_dict(config: Any) -> Any:
+    """A LiveConfig (any dataclass) as plain data for a signature; anything else as its repr."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)  # type: ignore[arg-type]
+    return repr(config)
+
+
+def run_signature(config: Any, model: str | Path | None) -> dict[str, Any]:
+    """What every video's result depends on besides the video and its ground truth: the settings,
+    the model file, and the code (package version and git revision)."""
+    import slstt
+    from slstt.provenance import file_sha256, git_revision
+
+    return {"config": config_dict(config), "model": file_sha256(model) if model else None,
+            "version": slstt.__version__, "git": git_revision()}
+
+
+def video_signature(item: VideoItem, run: dict[str, Any]) -> str:
+    from slstt.config import config_hash
+    from slstt.provenance import file_sha256
+
+    return config_hash({"video": file_sha256(item.video), "truth": file_sha256(item.truth), **run}, length=32)
+
+
+def _write_done(path: Path, signature: str, result: AnalyzeResult) -> None:
+    from dataclasses import asdict
+
+    atomic_write_json(path, {
+        "kind": DONE_KIND, "signature": signature, "frames": result.frames, "fps": result.fps,
+        "video_fps": result.video_fps, "face_frames": result.face_frames, "spot_frames": result.spot_frames,
+        "context": result.context, "curve": result.curve, "warnings": result.warnings,
+        "events": [asdict(e) for e in result.events]})
+
+
+def read_done(path: Path, signature: str, truth: list[GroundTruth]) -> AnalyzeResult | None:
+    """The finished analysis recorded in `path` if it is this video's with these settings; None
+    (analyse again) for anything else, a damaged or foreign file included."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("kind") != DONE_KIND or data.get("signature") != signature:
+            return None
+        events = [SpotEvent(**e) for e in data["events"]]
+        return AnalyzeResult(events, int(data["frames"]), float(data["fps"]), float(data["video_fps"]),
+                             score_spotting(events, truth), [str(w) for w in data["warnings"]], path.parent,
+                             int(data["face_frames"]), int(data["spot_frames"]), dict(data["context"]),
+                             list(data["curve"]))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def done_signature(path: Path) -> str | None:
+    """The signature a done record holds (None: no readable record)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return str(data["signature"]) if data.get("kind") == DONE_KIND else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
 @dataclass
 class PooledResult:
     videos: list[dict[str, Any]]  # one row per video
@@ -445,6 +512,7 @@ class PooledResult:
     out_dir: Path
     explained: list[Any] | None = None  # explain=True: an EventExplanation per micro event (slstt.realtime.explain)
     curve: list[dict[str, Any]] = field(default_factory=list)  # LiveConfig.sweep_k: pooled numbers per threshold_k
+    resumed: int = 0  # videos whose earlier finished analysis (same inputs and settings) was reused
 
 
 def _pooled_numbers(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -523,7 +591,7 @@ class _Pool:
                 for (g, v), c in sorted(self.per_group.items())]
 
 
-def _video_dirs(items: list[VideoItem]) -> list[str]:
+def video_dirs(items: list[VideoItem]) -> list[str]:
     """One folder name per video (two videos of the same name in a CSV list get name, name_)."""
     names: list[str] = []
     for item in items:
@@ -536,25 +604,38 @@ def _video_dirs(items: list[VideoItem]) -> list[str]:
 
 def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Path | None = None,
                  config: Any = None, progress: bool = False,
-                 on_warning: Callable[[str], None] | None = None, explain: bool = False) -> PooledResult:
+                 on_warning: Callable[[str], None] | None = None, explain: bool = False,
+                 resume: bool = True) -> PooledResult:
     """analyze_video on each video (into out_dir/videos/<stem>/), then pooled micro scores (MEGC rule:
     IoU >= 0.5, one-to-one per video), false spots per minute on videos without events, recall per
     amplitude / region / context of the ground truth, the regions that fired, a table and a plot.
     explain: also say why each missed micro event was missed (explain.csv; slstt.realtime.explain),
-    with its lift over the control when the control of an injected copy is among the videos."""
+    with its lift over the control when the control of an injected copy is among the videos.
+    resume: a video whose videos/<stem>/done.json says it was analysed from the same video, ground
+    truth, settings, model and code is not analysed again (not with explain, which needs its trace)."""
     from slstt.realtime import explain as why
+    from slstt.realtime.pipeline import LiveConfig
 
     out = Path(out_dir)
     _make_out_dir(out)
     pool = _Pool()
     controls = {why.control_for(item.video) for item in items} if explain else set()
     runs: dict[Path, tuple[AnalyzeResult, list[GroundTruth], dict[int, Any]]] = {}
-    for item, name in zip(items, _video_dirs(items), strict=True):
+    run = run_signature(config or LiveConfig(), model)
+    resumed = 0
+    for item, name in zip(items, video_dirs(items), strict=True):
         truth = read_ground_truth(item.truth)
         traced = explain and (item.video in controls or any(g.kind == "micro" for g in truth))
         trace: dict[int, Any] | None = {} if traced else None
-        result = analyze_video(item.video, out / "videos" / name, model=model, ground_truth=item.truth,
-                               config=config, progress=progress, on_warning=on_warning, trace=trace)
+        done, signature = out / "videos" / name / DONE, video_signature(item, run)
+        earlier = read_done(done, signature, truth) if resume and not explain else None
+        if earlier is not None:
+            result, resumed = earlier, resumed + 1
+        else:
+            done.unlink(missing_ok=True)  # the record goes first: a killed re-analysis leaves none
+            result = analyze_video(item.video, out / "videos" / name, model=model, ground_truth=item.truth,
+                                   config=config, progress=progress, on_warning=on_warning, trace=trace)
+            _write_done(done, signature, result)
         pool.add(item.video, result, truth)
         if trace is not None:
             runs[item.video] = (result, truth, trace)
@@ -574,7 +655,7 @@ def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Pa
     else:  # an earlier run's curve (allowed by --overwrite) would not describe this one
         for name in CURVE_OUTPUTS:
             (out / name).unlink(missing_ok=True)
-    return PooledResult(pool.rows, groups, pool.fired, pooled, out, explained, curve)
+    return PooledResult(pool.rows, groups, pool.fired, pooled, out, explained, curve, resumed)
 
 
 def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -660,7 +741,9 @@ def curve_lines(curve: list[dict[str, Any]]) -> list[str]:
 
 def pooled_lines(result: PooledResult) -> list[str]:
     p = result.pooled
-    lines = [f"{p['videos']} videos, {p['minutes']:.1f} min: micro precision {p['precision']:.3f}  recall "
+    lines = [f"{result.resumed} of {p['videos']} videos resumed: analysed earlier with the same inputs, settings "
+             "and code (their videos/<stem>/done.json)"] if result.resumed else []
+    lines += [f"{p['videos']} videos, {p['minutes']:.1f} min: micro precision {p['precision']:.3f}  recall "
              f"{p['recall']:.3f}  F1 {p['f1']:.3f}  ({p['tp']} of {p['truth']} found, {p['spotted']} spotted); "
              f"{p['false_spots_per_minute']} false spots/min"
              + (f", {p['false_spots_per_minute_without_events']} on videos without events"

@@ -82,12 +82,6 @@ class MegcRun:
         return score_megc(self.predicted(), self.truth())
 
 
-def _config_dict(config: Any) -> Any:
-    if dataclasses.is_dataclass(config):
-        return dataclasses.asdict(config)  # type: ignore[arg-type]
-    return repr(config)
-
-
 def _signature(video: LongVideo, config_hash: str) -> str:
     first, last = video.frame_numbers[0], video.frame_numbers[-1]
     return f"{len(video.frames)}:{first}:{last}:{video.fps:g}:{config_hash}"
@@ -222,9 +216,10 @@ def run_megc(table: LongVideoTable, out_dir: Path, config: Any, identity: dict[s
 
     from slstt.config import config_hash
     from slstt.io import atomic_write_json
+    from slstt.realtime.analyze import config_dict
 
     _check_run(out_dir, identity, overwrite)
-    chash = config_hash({"live": _config_dict(config), "max_side": max_side})
+    chash = config_hash({"live": config_dict(config), "max_side": max_side})
     run = MegcRun(table.dataset)
     todo = []
     for video in table.videos:
@@ -339,6 +334,7 @@ def spot_long_command(
     from slstt.data.cli import check_input_file, check_output_dir, signals_to_exit_codes
     from slstt.data.longvideo import LONG_DATASETS, load_long_videos
     from slstt.errors import SlsttError
+    from slstt.realtime.analyze import config_dict
     from slstt.realtime.pipeline import LiveConfig
 
     if dataset.lower() not in LONG_DATASETS:
@@ -366,7 +362,7 @@ def spot_long_command(
     identity = {"dataset": table.dataset, "data_root": str(Path(data_root).resolve()),
                 "annotations": str(table.annotations.resolve()) if table.annotations else None,
                 "videos_selected": sorted(v.key for v in table.videos), "max_side": max_side,
-                "live_config": _config_dict(config)}
+                "live_config": config_dict(config)}
     identity = json.loads(json.dumps(identity, default=str))  # the form run.json holds
     with signals_to_exit_codes(f"finished videos are kept in {out / 'videos'}"):
         run = run_megc(table, out, config, identity, overwrite=overwrite, max_side=max_side, progress=progress)

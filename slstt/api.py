@@ -140,11 +140,35 @@ def analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, over
     items = analyze.collect_videos(spec)
     inputs = analyze.file_inputs(model, face_model, spec if spec.is_file() else None,
                                  *[p for item in items for p in (item.video, item.truth)])
-    analyze.check_analyze_outputs(out, record=None, inputs=inputs, overwrite=overwrite,
+    # the same command again continues (or repeats for free) the run in --out: allowed without --overwrite
+    resuming = not overwrite and not explain and _same_run(out, items, config, model)
+    analyze.check_analyze_outputs(out, record=None, inputs=inputs, overwrite=overwrite or resuming,
                                   names=tuple(n for n in analyze.POOLED_OUTPUTS if n != "videos"),
                                   folders=("videos",))
     return analyze.analyze_many(items, out, model=model, config=config, progress=progress, on_warning=on_warning,
-                                explain=explain)
+                                explain=explain, resume=not overwrite)
+
+
+def _same_run(out: Path, items: list[Any], config: Any, model: Path | None) -> bool:
+    """--out holds a pooled run of these videos with these settings (finished or killed): every video
+    folder there is one of ours, and every finished one (done.json) has this run's signature; if the
+    run finished (pooled.json), every video did (what is rewritten is then the same)."""
+    from slstt.realtime import analyze
+    from slstt.realtime.pipeline import LiveConfig
+
+    videos = out / "videos"
+    if not videos.is_dir():
+        return False
+    names = analyze.video_dirs(items)
+    if any(p.name not in names for p in videos.iterdir()):
+        return False
+    run = analyze.run_signature(config or LiveConfig(), model)
+    finished = (out / "pooled.json").exists()
+    for item, name in zip(items, names, strict=True):
+        done = analyze.done_signature(videos / name / analyze.DONE)
+        if (done is None and finished) or (done is not None and done != analyze.video_signature(item, run)):
+            return False
+    return True
 
 
 # --- training ------------------------------------------------------------------------------------

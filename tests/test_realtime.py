@@ -459,3 +459,44 @@ def test_bad_sweep_is_one_line(no_face_video, tmp_path, extra, message):
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_killed_pooled_analysis_resumes_where_it_stopped(tmp_path):
+    """SIGKILL a real `slstt analyze FOLDER` after its first video; the same command reuses that video's
+    finished analysis (videos/<stem>/done.json, untouched) and gives the uninterrupted run's pooled
+    numbers; other settings in the same --out are one line (--overwrite or another folder)."""
+    from slstt.data.synth import make_long_video
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for seed in (1, 2, 3):
+        make_long_video(folder / f"clip{seed}.mp4", seed=seed, duration_s=6, n_micro=1, n_macro=0)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "slstt.cli", "analyze", str(folder), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "videos" / "clip1" / "done.json"
+    deadline = time.monotonic() + 180
+    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and first.is_file() and not (out / "pooled.json").exists()
+    stamp = first.stat().st_mtime_ns
+
+    again = run_cli("analyze", str(folder), "--out", str(out), timeout=180)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("1 of 3 videos resumed") and first.stat().st_mtime_ns == stamp
+    clean = run_cli("analyze", str(folder), "--out", str(tmp_path / "clean"), timeout=180)
+    assert clean.returncode == 0 and "resumed" not in clean.stdout
+
+    def pooled(where):
+        return json.loads((where / "pooled.json").read_text())["pooled"]
+
+    assert pooled(out) == pooled(tmp_path / "clean") and pooled(out)["truth"] == 3
+    finished = run_cli("analyze", str(folder), "--out", str(out), timeout=60)  # all three, for free
+    assert finished.returncode == 0 and finished.stdout.startswith("3 of 3 videos resumed")
+
+    other = run_cli("analyze", str(folder), "--out", str(out), "--threshold-k", "3")
+    lines = error_lines(other.stderr)
+    assert other.returncode == 2 and len(lines) == 1 and "--overwrite" in lines[0], other.stderr
+    assert first.stat().st_mtime_ns == stamp
