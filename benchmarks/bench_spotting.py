@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=5, help="--inject: copies with events per video")
     parser.add_argument("--explain", action="store_true",
                         help="also say why each missed event was missed (slstt.realtime.explain; explain.csv)")
+    parser.add_argument("--jobs", type=int, default=1, help="videos analysed at once (worker processes)")
     parser.add_argument("--sweep-k", default="2,3,4,5,6",
                         help="threshold_k values of the operating curve (recall against false spots/min; '' = none)")
     args = parser.parse_args()
@@ -77,7 +78,8 @@ def main() -> None:
         out = out.with_name(f"{out.name}_{args.during_speech}")
     t0 = time.perf_counter()
     config = live_config(during_speech=args.during_speech, sweep_k=args.sweep_k or ())
-    result = analyze_many(collect_videos(folder), out, config=config, progress=True, explain=args.explain)
+    result = analyze_many(collect_videos(folder), out, config=config, progress=True, explain=args.explain,
+                          jobs=args.jobs)
     wall = time.perf_counter() - t0
     print(f"\n{args.set if named else folder}: analysed in {wall:.0f} s")
     for line in pooled_lines(result):

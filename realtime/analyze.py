@@ -602,17 +602,87 @@ def video_dirs(items: list[VideoItem]) -> list[str]:
     return names
 
 
+@dataclass
+class _Task:
+    """One video of analyze_many, as a worker process gets it."""
+
+    index: int
+    video: Path
+    truth: Path
+    out: Path  # videos/<stem>
+    signature: str
+    traced: bool
+
+
+def _analyze_task(task: _Task, model: str | Path | None, config: Any, progress: bool = False,
+                  on_warning: Callable[[str], None] | None = None) -> tuple[int, AnalyzeResult, dict[int, Any] | None]:
+    """Analyse one video and record it as done (the record goes first: a killed re-analysis leaves none)."""
+    done = task.out / DONE
+    done.unlink(missing_ok=True)
+    trace: dict[int, Any] | None = {} if task.traced else None
+    result = analyze_video(task.video, task.out, model=model, ground_truth=task.truth, config=config,
+                           progress=progress, on_warning=on_warning, trace=trace)
+    _write_done(done, task.signature, result)
+    return task.index, result, trace
+
+
+def _init_analyze_worker(parent_pid: int) -> None:
+    import cv2
+
+    from slstt.data.prepare import die_with_parent
+
+    die_with_parent(parent_pid)
+    cv2.setNumThreads(1)  # the workers share the cores; no nested threading
+
+
+def _run_analyze_pool(tasks: list[_Task], jobs: int, model: str | Path | None, config: Any,
+                      on_done: Callable[[int, AnalyzeResult, dict[int, Any] | None], None], progress: bool) -> None:
+    """Videos in `jobs` worker processes (spawned: mediapipe and fork do not mix). On Ctrl-C, SIGTERM or
+    an error the workers are terminated at once; every finished video keeps its done record, so the
+    same command resumes. Workers die with this process (PR_SET_PDEATHSIG and a parent watch)."""
+    import functools
+    import multiprocessing
+    import os
+    import signal
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    context = multiprocessing.get_context("spawn")
+    blocked = hasattr(signal, "pthread_sigmask")  # a signal while a worker starts would half-start it
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if blocked else None
+    try:
+        pool = context.Pool(min(jobs, len(tasks)), initializer=_init_analyze_worker, initargs=(os.getpid(),))
+    finally:
+        if old_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    work = functools.partial(_analyze_task, model=model, config=config)
+    try:
+        with Progress(TextColumn("analyze"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      disable=not progress) as bar:
+            job = bar.add_task("videos", total=len(tasks))
+            for index, result, trace in pool.imap_unordered(work, tasks):
+                on_done(index, result, trace)
+                bar.advance(job)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
 def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Path | None = None,
                  config: Any = None, progress: bool = False,
                  on_warning: Callable[[str], None] | None = None, explain: bool = False,
-                 resume: bool = True) -> PooledResult:
+                 resume: bool = True, jobs: int = 1) -> PooledResult:
     """analyze_video on each video (into out_dir/videos/<stem>/), then pooled micro scores (MEGC rule:
     IoU >= 0.5, one-to-one per video), false spots per minute on videos without events, recall per
     amplitude / region / context of the ground truth, the regions that fired, a table and a plot.
     explain: also say why each missed micro event was missed (explain.csv; slstt.realtime.explain),
     with its lift over the control when the control of an injected copy is among the videos.
     resume: a video whose videos/<stem>/done.json says it was analysed from the same video, ground
-    truth, settings, model and code is not analysed again (not with explain, which needs its trace)."""
+    truth, settings, model and code is not analysed again (not with explain, which needs its trace).
+    jobs > 1: that many videos at once, in worker processes (the same results)."""
     from slstt.realtime import explain as why
     from slstt.realtime.pipeline import LiveConfig
 
@@ -622,20 +692,32 @@ def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Pa
     controls = {why.control_for(item.video) for item in items} if explain else set()
     runs: dict[Path, tuple[AnalyzeResult, list[GroundTruth], dict[int, Any]]] = {}
     run = run_signature(config or LiveConfig(), model)
-    resumed = 0
-    for item, name in zip(items, video_dirs(items), strict=True):
-        truth = read_ground_truth(item.truth)
-        traced = explain and (item.video in controls or any(g.kind == "micro" for g in truth))
-        trace: dict[int, Any] | None = {} if traced else None
-        done, signature = out / "videos" / name / DONE, video_signature(item, run)
-        earlier = read_done(done, signature, truth) if resume and not explain else None
+    truths = [read_ground_truth(item.truth) for item in items]  # every file checked before any work
+    finished: dict[int, tuple[AnalyzeResult, dict[int, Any] | None]] = {}
+    tasks = []
+    for i, (item, name, truth) in enumerate(zip(items, video_dirs(items), truths, strict=True)):
+        task = _Task(i, item.video, item.truth, out / "videos" / name, video_signature(item, run),
+                     explain and (item.video in controls or any(g.kind == "micro" for g in truth)))
+        earlier = read_done(task.out / DONE, task.signature, truth) if resume and not explain else None
         if earlier is not None:
-            result, resumed = earlier, resumed + 1
+            finished[i] = (earlier, None)
         else:
-            done.unlink(missing_ok=True)  # the record goes first: a killed re-analysis leaves none
-            result = analyze_video(item.video, out / "videos" / name, model=model, ground_truth=item.truth,
-                                   config=config, progress=progress, on_warning=on_warning, trace=trace)
-            _write_done(done, signature, result)
+            tasks.append(task)
+    resumed, in_workers = len(finished), jobs > 1 and len(tasks) > 1
+
+    def on_done(index: int, result: AnalyzeResult, trace: dict[int, Any] | None) -> None:
+        finished[index] = (result, trace)
+        if in_workers and on_warning is not None:  # a worker's warnings, once it is done
+            for message in result.warnings:
+                on_warning(f"{items[index].video.name}: {message}")
+
+    if in_workers:
+        _run_analyze_pool(tasks, jobs, model, config, on_done, progress)
+    else:
+        for task in tasks:
+            on_done(*_analyze_task(task, model, config, progress, on_warning))
+    for i, (item, truth) in enumerate(zip(items, truths, strict=True)):
+        result, trace = finished[i]
         pool.add(item.video, result, truth)
         if trace is not None:
             runs[item.video] = (result, truth, trace)

@@ -292,6 +292,8 @@ def analyze_command(
     explain: bool = typer.Option(False, "--explain", help="Many videos: also say why each missed micro event was "
                                  "missed (the rules in its way; with the control of an injected copy, whether it "
                                  "rose above the footage's own movement) into explain.csv."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="A folder or list: analyse this many videos at once, in "
+                             "worker processes (about one per CPU core; the same results)."),
     sweep_k: str | None = typer.Option(None, "--sweep-k", metavar="K1,K2,...",
                                        help="With ground truth: also score the spotter at these threshold_k values "
                                        "on the same flows (one pass) -> operating_curve.csv/.png: recall against "
@@ -311,13 +313,14 @@ def analyze_command(
                          "CSV list of videos with <stem>.gt.csv")
     if many:
         for line in _analyze_many(video, out, model=model, config=config, ground_truth=ground_truth, record=record,
-                                  overwrite=overwrite, face_model=face_model, explain=explain):
+                                  overwrite=overwrite, face_model=face_model, explain=explain, jobs=jobs):
             typer.echo(line)
         return
-    if explain:
+    if explain or jobs != 1:
         from slstt.errors import SlsttError
 
-        raise SlsttError(f"--explain needs a folder or CSV list of videos with ground truth (<stem>.gt.csv), "
+        option = "--explain" if explain else "--jobs"
+        raise SlsttError(f"{option} needs a folder or CSV list of videos with ground truth (<stem>.gt.csv), "
                          f"not the single video {video}")
     from slstt.api import analyze_one
 
@@ -331,7 +334,8 @@ def analyze_command(
 
 
 def _analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, ground_truth: Path | None,
-                  record: Path | None, overwrite: bool, face_model: Path | None, explain: bool = False) -> list[str]:
+                  record: Path | None, overwrite: bool, face_model: Path | None, explain: bool = False,
+                  jobs: int = 1) -> list[str]:
     from slstt.api import analyze_many
     from slstt.errors import SlsttError
     from slstt.realtime.analyze import pooled_lines
@@ -341,7 +345,8 @@ def _analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, gro
         raise SlsttError(f"{option} applies to one video; a folder or list brings each video's ground truth "
                          "(<stem>.gt.csv) and records nothing")
     result = analyze_many(spec, out, model=model, config=config, overwrite=overwrite, face_model=face_model,
-                          progress=sys.stderr.isatty(), on_warning=lambda m: _echo(f"warning: {m}"), explain=explain)
+                          progress=sys.stderr.isatty(), on_warning=lambda m: _echo(f"warning: {m}"), explain=explain,
+                          jobs=jobs)
     return pooled_lines(result)
 
 

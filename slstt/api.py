@@ -90,18 +90,20 @@ class Detector:
 
     def analyze(self, video: PathLike, out: PathLike | None = None, ground_truth: PathLike | None = None, *,
                 record: PathLike | None = None, overwrite: bool = False, progress: bool = False,
-                on_warning: Callable[[str], None] | None = None, explain: bool = False) -> AnalyzeResult | PooledResult:
+                on_warning: Callable[[str], None] | None = None, explain: bool = False,
+                jobs: int = 1) -> AnalyzeResult | PooledResult:
         """`slstt analyze`: every frame of a video; with `out` the files (events.jsonl/csv,
         timeline.png, summary.json), with `ground_truth` the MEGC spotting scores. A folder (videos with
         <stem>.gt.csv) or a CSV list (video,ground_truth) gives pooled scores (needs `out`); with
-        explain=True also why each missed micro event was missed (PooledResult.explained, explain.csv)."""
+        explain=True also why each missed micro event was missed (PooledResult.explained, explain.csv);
+        jobs=N analyses N videos at once in worker processes. The same call again resumes a pooled run."""
         video = Path(video)
         if video.is_dir() or video.suffix.lower() == ".csv":
             if out is None:
                 raise SlsttError(f"{video}: many videos write per-video results; pass out=FOLDER")
             return analyze_many(video, Path(out), model=self.model, config=self.config, overwrite=overwrite,
                                 face_model=self.face_model, progress=progress, on_warning=on_warning,
-                                explain=explain)
+                                explain=explain, jobs=jobs)
         if explain:
             raise SlsttError(f"{video}: explain=True needs a folder or CSV list of videos with ground truth "
                              "(slstt.realtime.explain.explain_video explains one video)")
@@ -133,9 +135,12 @@ def analyze_one(video: Path, out: Path | None, *, model: Path | None, ground_tru
 
 def analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, overwrite: bool,
                  face_model: Path | None, progress: bool = False,
-                 on_warning: Callable[[str], None] | None = None, explain: bool = False) -> PooledResult:
+                 on_warning: Callable[[str], None] | None = None, explain: bool = False, jobs: int = 1) -> PooledResult:
     """Many videos (`slstt analyze DIR|LIST.csv`): outputs checked, then pooled scores."""
+    from slstt.errors import check_int
     from slstt.realtime import analyze
+
+    check_int("--jobs", jobs, 1, MAX_JOBS)
 
     items = analyze.collect_videos(spec)
     inputs = analyze.file_inputs(model, face_model, spec if spec.is_file() else None,
@@ -146,7 +151,10 @@ def analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, over
                                   names=tuple(n for n in analyze.POOLED_OUTPUTS if n != "videos"),
                                   folders=("videos",))
     return analyze.analyze_many(items, out, model=model, config=config, progress=progress, on_warning=on_warning,
-                                explain=explain, resume=not overwrite)
+                                explain=explain, resume=not overwrite, jobs=jobs)
+
+
+MAX_JOBS = 64  # worker processes of a pooled analysis (each holds a face tracker, ~200 MB)
 
 
 def _same_run(out: Path, items: list[Any], config: Any, model: Path | None) -> bool:

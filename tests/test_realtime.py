@@ -461,16 +461,25 @@ def test_bad_sweep_is_one_line(no_face_video, tmp_path, extra, message):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_killed_pooled_analysis_resumes_where_it_stopped(tmp_path):
+@pytest.fixture(scope="module")
+def three_clips(tmp_path_factory):
+    """(folder of three 6 s classic synth videos with ground truth, pooled numbers of a clean run)."""
+    from slstt.data.synth import make_long_video
+
+    folder = tmp_path_factory.mktemp("three_clips")
+    for seed in (1, 2, 3):
+        make_long_video(folder / f"clip{seed}.mp4", seed=seed, duration_s=6, n_micro=1, n_macro=0)
+    clean = tmp_path_factory.mktemp("clean") / "out"
+    proc = run_cli("analyze", str(folder), "--out", str(clean), timeout=180)
+    assert proc.returncode == 0 and "resumed" not in proc.stdout, proc.stderr
+    return folder, json.loads((clean / "pooled.json").read_text())
+
+
+def test_a_killed_pooled_analysis_resumes_where_it_stopped(three_clips, tmp_path):
     """SIGKILL a real `slstt analyze FOLDER` after its first video; the same command reuses that video's
     finished analysis (videos/<stem>/done.json, untouched) and gives the uninterrupted run's pooled
     numbers; other settings in the same --out are one line (--overwrite or another folder)."""
-    from slstt.data.synth import make_long_video
-
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    for seed in (1, 2, 3):
-        make_long_video(folder / f"clip{seed}.mp4", seed=seed, duration_s=6, n_micro=1, n_macro=0)
+    folder, clean = three_clips
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "slstt.cli", "analyze", str(folder), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -486,13 +495,8 @@ def test_a_killed_pooled_analysis_resumes_where_it_stopped(tmp_path):
     again = run_cli("analyze", str(folder), "--out", str(out), timeout=180)
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith("1 of 3 videos resumed") and first.stat().st_mtime_ns == stamp
-    clean = run_cli("analyze", str(folder), "--out", str(tmp_path / "clean"), timeout=180)
-    assert clean.returncode == 0 and "resumed" not in clean.stdout
-
-    def pooled(where):
-        return json.loads((where / "pooled.json").read_text())["pooled"]
-
-    assert pooled(out) == pooled(tmp_path / "clean") and pooled(out)["truth"] == 3
+    pooled = json.loads((out / "pooled.json").read_text())
+    assert pooled["pooled"] == clean["pooled"] and pooled["pooled"]["truth"] == 3
     finished = run_cli("analyze", str(folder), "--out", str(out), timeout=60)  # all three, for free
     assert finished.returncode == 0 and finished.stdout.startswith("3 of 3 videos resumed")
 
@@ -500,3 +504,57 @@ def test_a_killed_pooled_analysis_resumes_where_it_stopped(tmp_path):
     lines = error_lines(other.stderr)
     assert other.returncode == 2 and len(lines) == 1 and "--overwrite" in lines[0], other.stderr
     assert first.stat().st_mtime_ns == stamp
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def test_jobs_analyse_videos_in_workers_that_die_with_their_parent(three_clips, tmp_path):
+    """--jobs 2: the same pooled numbers as one process; SIGKILL of the parent takes its workers with it."""
+    folder, clean = three_clips
+    out = tmp_path / "out"
+    proc = run_cli("analyze", str(folder), "--out", str(out), "--jobs", "2", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "pooled.json").read_text())["pooled"] == clean["pooled"]
+    assert len(list(out.glob("videos/*/done.json"))) == 3
+
+    cmd = [sys.executable, "-m", "slstt.cli", "analyze", str(folder), "--out", str(tmp_path / "killed"), "--jobs", "2"]
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def helpers() -> dict[int, str]:  # the workers (spawn_main) and multiprocessing's resource tracker
+        found = {}
+        for pid in _children(parent.pid):
+            try:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+        return {pid: cmd for pid, cmd in found.items() if "multiprocessing" in cmd}
+
+    deadline, workers = time.monotonic() + 60, {}
+    while sum("spawn_main" in cmd for cmd in workers.values()) < 2 and parent.poll() is None \
+            and time.monotonic() < deadline:
+        workers = helpers()
+        time.sleep(0.05)
+    assert sum("spawn_main" in cmd for cmd in workers.values()) == 2, workers
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 2  # a worker's own video takes longer: it must not finish it
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

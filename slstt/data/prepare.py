@@ -102,7 +102,7 @@ _landmarker = None  # one FaceLandmarker per worker process
 _init_error: str | None = None  # why this worker has no landmarker (each of its samples fails with it)
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """A worker never outlives `slstt prepare`, whatever kills it (kill -9 included): an orphan would
     hold ~180 MB, the resource tracker and the parent's stdout (so `slstt prepare | cat` would hang).
     Linux: the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG); everywhere: a thread
@@ -143,7 +143,7 @@ def _init_worker(face_model: str | None, threads: int | None, parent_pid: int | 
     from slstt.preprocess.face import FaceLandmarker
 
     if parent_pid is not None:
-        _die_with_parent(parent_pid)
+        die_with_parent(parent_pid)
     if threads is not None:
         cv2.setNumThreads(threads)  # worker processes share the cores; no nested threading
     if parent_pid is None:
@@ -252,7 +252,7 @@ def _run_pool(todo: list[tuple[Sample, str]], cfg: PreprocessConfig, model: str 
 
     context = multiprocessing.get_context("spawn")  # mediapipe and fork do not mix
     # A signal in the middle of starting a worker would leave it half-started (a traceback on stderr):
-    # Ctrl-C / SIGTERM wait until the pool stands, then stop it (workers unblock them in _die_with_parent).
+    # Ctrl-C / SIGTERM wait until the pool stands, then stop it (workers unblock them in die_with_parent).
     blocked = hasattr(signal, "pthread_sigmask")
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if blocked else None
     try:
