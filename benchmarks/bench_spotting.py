@@ -32,8 +32,8 @@ from pathlib import Path
 
 def main() -> None:
     from slstt.data.webcam import GENERATOR_VERSION, HELD_OUT_SEEDS, TUNING_SEEDS, spotting_set
-    from slstt.realtime.analyze import analyze_many, collect_videos, pooled_lines
     from slstt.realtime.pipeline import DURING_SPEECH, live_config
+    from slstt.realtime.pooled import analyze_many, collect_videos, pooled_lines
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", choices=("heldout", "tuning"), default="heldout")

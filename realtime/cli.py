@@ -338,7 +338,7 @@ def _analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, gro
                   jobs: int = 1) -> list[str]:
     from slstt.api import analyze_many
     from slstt.errors import SlsttError
-    from slstt.realtime.analyze import pooled_lines
+    from slstt.realtime.pooled import pooled_lines
 
     if ground_truth is not None or record is not None:
         option = "--ground-truth" if ground_truth is not None else "--record"

@@ -216,7 +216,7 @@ def run_megc(table: LongVideoTable, out_dir: Path, config: Any, identity: dict[s
 
     from slstt.config import config_hash
     from slstt.io import atomic_write_json
-    from slstt.realtime.analyze import config_dict
+    from slstt.realtime.pooled import config_dict
 
     _check_run(out_dir, identity, overwrite)
     chash = config_hash({"live": config_dict(config), "max_side": max_side})
@@ -334,8 +334,8 @@ def spot_long_command(
     from slstt.data.cli import check_input_file, check_output_dir, signals_to_exit_codes
     from slstt.data.longvideo import LONG_DATASETS, load_long_videos
     from slstt.errors import SlsttError
-    from slstt.realtime.analyze import config_dict
     from slstt.realtime.pipeline import LiveConfig
+    from slstt.realtime.pooled import config_dict
 
     if dataset.lower() not in LONG_DATASETS:
         raise SlsttError(f"--dataset {dataset!r}: choose one of {', '.join(LONG_DATASETS)}")

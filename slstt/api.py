@@ -30,9 +30,10 @@ from slstt.errors import SlsttError
 
 if TYPE_CHECKING:
     from slstt.export.onnx import ExportReport
-    from slstt.realtime.analyze import AnalyzeResult, PooledResult
+    from slstt.realtime.analyze import AnalyzeResult
     from slstt.realtime.events import SpotEvent
     from slstt.realtime.pipeline import LiveConfig
+    from slstt.realtime.pooled import PooledResult
     from slstt.realtime.sinks import Sink
 
 PathLike = str | Path
@@ -138,45 +139,23 @@ def analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, over
                  on_warning: Callable[[str], None] | None = None, explain: bool = False, jobs: int = 1) -> PooledResult:
     """Many videos (`slstt analyze DIR|LIST.csv`): outputs checked, then pooled scores."""
     from slstt.errors import check_int
-    from slstt.realtime import analyze
+    from slstt.realtime import analyze, pooled
 
     check_int("--jobs", jobs, 1, MAX_JOBS)
 
-    items = analyze.collect_videos(spec)
+    items = pooled.collect_videos(spec)
     inputs = analyze.file_inputs(model, face_model, spec if spec.is_file() else None,
                                  *[p for item in items for p in (item.video, item.truth)])
     # the same command again continues (or repeats for free) the run in --out: allowed without --overwrite
-    resuming = not overwrite and not explain and _same_run(out, items, config, model)
+    resuming = not overwrite and not explain and pooled.same_run(out, items, config, model)
     analyze.check_analyze_outputs(out, record=None, inputs=inputs, overwrite=overwrite or resuming,
-                                  names=tuple(n for n in analyze.POOLED_OUTPUTS if n != "videos"),
+                                  names=tuple(n for n in pooled.POOLED_OUTPUTS if n != "videos"),
                                   folders=("videos",))
-    return analyze.analyze_many(items, out, model=model, config=config, progress=progress, on_warning=on_warning,
-                                explain=explain, resume=not overwrite, jobs=jobs)
+    return pooled.analyze_many(items, out, model=model, config=config, progress=progress, on_warning=on_warning,
+                               explain=explain, resume=not overwrite, jobs=jobs)
 
 
 MAX_JOBS = 64  # worker processes of a pooled analysis (each holds a face tracker, ~200 MB)
-
-
-def _same_run(out: Path, items: list[Any], config: Any, model: Path | None) -> bool:
-    """--out holds a pooled run of these videos with these settings (finished or killed): every video
-    folder there is one of ours, and every finished one (done.json) has this run's signature; if the
-    run finished (pooled.json), every video did (what is rewritten is then the same)."""
-    from slstt.realtime import analyze
-    from slstt.realtime.pipeline import LiveConfig
-
-    videos = out / "videos"
-    if not videos.is_dir():
-        return False
-    names = analyze.video_dirs(items)
-    if any(p.name not in names for p in videos.iterdir()):
-        return False
-    run = analyze.run_signature(config or LiveConfig(), model)
-    finished = (out / "pooled.json").exists()
-    for item, name in zip(items, names, strict=True):
-        done = analyze.done_signature(videos / name / analyze.DONE)
-        if (done is None and finished) or (done is not None and done != analyze.video_signature(item, run)):
-            return False
-    return True
 
 
 # --- training ------------------------------------------------------------------------------------

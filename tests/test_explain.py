@@ -15,8 +15,8 @@ import pytest
 from slstt.data import inject, webcam
 from slstt.errors import SlsttError
 from slstt.realtime import explain
-from slstt.realtime.analyze import analyze_many, collect_videos, pooled_lines
 from slstt.realtime.explain import rules_against
+from slstt.realtime.pooled import analyze_many, collect_videos, pooled_lines
 from slstt.realtime.spotting import CandidateTrace, SpotterConfig
 
 

@@ -423,8 +423,8 @@ def test_device_tensorrt_is_accepted_and_checked(tiny_model, no_face_video, tmp_
 def test_operating_curve_scores_followers_on_the_same_flows(synth_long_video, tmp_path, capsys):
     """analyze with sweep_k: one pass gives the pooled numbers at each threshold_k beside the run's own
     (whose row equals pooled.json's); a curve left by an earlier run goes when the next has none."""
-    from slstt.realtime.analyze import CURVE_OUTPUTS, analyze_many, collect_videos, pooled_lines
     from slstt.realtime.pipeline import live_config
+    from slstt.realtime.pooled import CURVE_OUTPUTS, analyze_many, collect_videos, pooled_lines
 
     video, gt = synth_long_video
     folder = tmp_path / "videos"

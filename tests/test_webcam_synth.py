@@ -381,8 +381,8 @@ def test_spotting_set_writes_event_and_no_event_videos(tmp_path: Path) -> None:
 def test_a_control_is_the_same_video_without_its_micro_events(tmp_path: Path) -> None:
     """write_controls: each event video of a set again, without its micro events, under controls/ (out
     of the set: a folder analysis does not pool it); explain finds it; an existing one is kept."""
-    from slstt.realtime.analyze import collect_videos
     from slstt.realtime.explain import control_for
+    from slstt.realtime.pooled import collect_videos
 
     webcam.spotting_set(tmp_path, [21, 22], duration_s=4, size=SMALL, n_micro=1, event_fraction=0.5, controls=True)
     video, control = tmp_path / "webcam_21.mp4", tmp_path / "controls" / "webcam_21.mp4"
@@ -399,7 +399,7 @@ def test_a_control_is_the_same_video_without_its_micro_events(tmp_path: Path) ->
     assert max(diff[:onset]) < 0.05  # identical input frames before the event (the encoder is deterministic)
     assert max(diff[onset:int(event["offset_frame"]) + 1]) > 3 * max(max(diff[:onset]), 0.01)
     # a folder analysis with --explain measures each event against the control it did not pool
-    from slstt.realtime.analyze import analyze_many
+    from slstt.realtime.pooled import analyze_many
 
     result = analyze_many(collect_videos(tmp_path), tmp_path / "out", explain=True)
     assert result.pooled["videos"] == 2 and result.explained is not None and len(result.explained) == 1
