@@ -294,36 +294,53 @@ def _run_analyze_pool(tasks: list[_Task], jobs: int, model: str | Path | None, c
                       on_done: Callable[[int, AnalyzeResult, dict[int, Any] | None], None], progress: bool) -> None:
     """Videos in `jobs` worker processes (spawned: mediapipe and fork do not mix). On Ctrl-C, SIGTERM or
     an error the workers are terminated at once; every finished video keeps its done record, so the
-    same command resumes. Workers die with this process (PR_SET_PDEATHSIG and a parent watch)."""
-    import functools
+    same command resumes. Workers die with this process (PR_SET_PDEATHSIG and a parent watch). A
+    worker that dies (killed, out of memory, an unguarded script re-run by Python's spawn) is one
+    line here, not a pool that restarts it forever."""
     import multiprocessing
     import os
     import signal
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    context = multiprocessing.get_context("spawn")
+    executor = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_analyze_worker, initargs=(os.getpid(),))
     blocked = hasattr(signal, "pthread_sigmask")  # a signal while a worker starts would half-start it
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if blocked else None
     try:
-        pool = context.Pool(min(jobs, len(tasks)), initializer=_init_analyze_worker, initargs=(os.getpid(),))
+        futures = [executor.submit(_analyze_task, task, model, config) for task in tasks]
     finally:
         if old_mask is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    work = functools.partial(_analyze_task, model=model, config=config)
     try:
         with Progress(TextColumn("analyze"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       disable=not progress) as bar:
             job = bar.add_task("videos", total=len(tasks))
-            for index, result, trace in pool.imap_unordered(work, tasks):
-                on_done(index, result, trace)
+            for future in as_completed(futures):
+                on_done(*future.result())
                 bar.advance(job)
-        pool.close()
+    except BrokenProcessPool:
+        _stop(executor)
+        raise SlsttError("analyze --jobs: a worker process died before its video was done (killed, out of memory, "
+                         "or a Python script calling analyze with jobs > 1 without `if __name__ == \"__main__\":` "
+                         "around its code, which Python's spawn runs again in every worker); fix that or use "
+                         "jobs=1: the same command resumes the finished videos") from None
     except BaseException:
-        pool.terminate()
+        _stop(executor)
         raise
-    finally:
-        pool.join()
+    executor.shutdown(wait=True)
+
+
+def _stop(executor: Any) -> None:
+    """Terminate the workers now: ProcessPoolExecutor.shutdown would wait for the running videos."""
+    processes = list(getattr(executor, "_processes", None) or {})  # private: Python 3.14 has terminate_workers()
+    for pid in processes:
+        process = executor._processes.get(pid)
+        if process is not None:
+            process.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Path | None = None,

@@ -558,3 +558,17 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_jobs_from_an_unguarded_script_is_one_line_not_a_hang(three_clips, tmp_path):
+    """Python's spawn re-runs a script without `if __name__ == "__main__":` in every worker; the workers
+    die, and analyze says so in one line (a restarting pool would hang forever)."""
+    folder, _ = three_clips
+    script = tmp_path / "unguarded.py"
+    script.write_text("from slstt.realtime.pooled import analyze_many, collect_videos\n"
+                      f"analyze_many(collect_videos({str(folder)!r}), {str(tmp_path / 'out')!r}, jobs=2)\n")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - start < 90
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("slstt.errors.SlsttError: analyze --jobs")]
+    assert len(ours) == 1 and 'if __name__ == "__main__":' in ours[0], proc.stderr[-3000:]  # workers' output may follow
