@@ -112,29 +112,35 @@ def _write_done(path: Path, signature: str, result: AnalyzeResult) -> None:
         "events": [asdict(e) for e in result.events]})
 
 
+def _done_record(path: Path) -> dict[str, Any] | None:
+    """A done record's content (None: missing, unreadable, or not a done record)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("kind") == DONE_KIND else None
+
+
 def read_done(path: Path, signature: str, truth: list[GroundTruth]) -> AnalyzeResult | None:
     """The finished analysis recorded in `path` if it is this video's with these settings; None
     (analyse again) for anything else, a damaged or foreign file included."""
+    data = _done_record(path)
+    if data is None or data.get("signature") != signature:
+        return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("kind") != DONE_KIND or data.get("signature") != signature:
-            return None
         events = [SpotEvent(**e) for e in data["events"]]
         return AnalyzeResult(events, int(data["frames"]), float(data["fps"]), float(data["video_fps"]),
                              score_spotting(events, truth), [str(w) for w in data["warnings"]], path.parent,
                              int(data["face_frames"]), int(data["spot_frames"]), dict(data["context"]),
                              list(data["curve"]))
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
 
 def done_signature(path: Path) -> str | None:
     """The signature a done record holds (None: no readable record)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return str(data["signature"]) if data.get("kind") == DONE_KIND else None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None
+    data = _done_record(path)
+    return None if data is None or "signature" not in data else str(data["signature"])
 
 
 def same_run(out: Path, items: list[VideoItem], config: Any, model: str | Path | None) -> bool:
@@ -335,11 +341,9 @@ def _run_analyze_pool(tasks: list[_Task], jobs: int, model: str | Path | None, c
 
 def _stop(executor: Any) -> None:
     """Terminate the workers now: ProcessPoolExecutor.shutdown would wait for the running videos."""
-    processes = list(getattr(executor, "_processes", None) or {})  # private: Python 3.14 has terminate_workers()
-    for pid in processes:
-        process = executor._processes.get(pid)
-        if process is not None:
-            process.terminate()
+    # _processes is private (Python 3.14 has terminate_workers()); a snapshot: the executor's thread edits it
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.terminate()
     executor.shutdown(wait=False, cancel_futures=True)
 
 
