@@ -287,64 +287,31 @@ def _analyze_task(task: _Task, model: str | Path | None, config: Any, progress: 
     return task.index, result, trace
 
 
-def _init_analyze_worker(parent_pid: int) -> None:
+def _init_analyze_worker() -> None:
     import cv2
 
-    from slstt.data.prepare import die_with_parent
-
-    die_with_parent(parent_pid)
     cv2.setNumThreads(1)  # the workers share the cores; no nested threading
 
 
 def _run_analyze_pool(tasks: list[_Task], jobs: int, model: str | Path | None, config: Any,
                       on_done: Callable[[int, AnalyzeResult, dict[int, Any] | None], None], progress: bool) -> None:
-    """Videos in `jobs` worker processes (spawned: mediapipe and fork do not mix). On Ctrl-C, SIGTERM or
-    an error the workers are terminated at once; every finished video keeps its done record, so the
-    same command resumes. Workers die with this process (PR_SET_PDEATHSIG and a parent watch). A
-    worker that dies (killed, out of memory, an unguarded script re-run by Python's spawn) is one
-    line here, not a pool that restarts it forever."""
-    import multiprocessing
-    import os
-    import signal
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
+    """Videos in `jobs` worker processes (slstt.workers: spawned, dying with this process, stopped at
+    once on Ctrl-C, SIGTERM or an error; a dead worker is one line). Every finished video keeps its
+    done record, so the same command resumes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    executor = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_analyze_worker, initargs=(os.getpid(),))
-    blocked = hasattr(signal, "pthread_sigmask")  # a signal while a worker starts would half-start it
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if blocked else None
-    try:
-        futures = [executor.submit(_analyze_task, task, model, config) for task in tasks]
-    finally:
-        if old_mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    try:
-        with Progress(TextColumn("analyze"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      disable=not progress) as bar:
-            job = bar.add_task("videos", total=len(tasks))
-            for future in as_completed(futures):
-                on_done(*future.result())
-                bar.advance(job)
-    except BrokenProcessPool:
-        _stop(executor)
-        raise SlsttError("analyze --jobs: a worker process died before its video was done (killed, out of memory, "
-                         "or a Python script calling analyze with jobs > 1 without `if __name__ == \"__main__\":` "
-                         "around its code, which Python's spawn runs again in every worker); fix that or use "
-                         "jobs=1: the same command resumes the finished videos") from None
-    except BaseException:
-        _stop(executor)
-        raise
-    executor.shutdown(wait=True)
+    from slstt.workers import run_in_workers
 
+    with Progress(TextColumn("analyze"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar:
+        job = bar.add_task("videos", total=len(tasks))
 
-def _stop(executor: Any) -> None:
-    """Terminate the workers now: ProcessPoolExecutor.shutdown would wait for the running videos."""
-    # _processes is private (Python 3.14 has terminate_workers()); a snapshot: the executor's thread edits it
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
-        process.terminate()
-    executor.shutdown(wait=False, cancel_futures=True)
+        def finished(result: tuple[int, AnalyzeResult, dict[int, Any] | None]) -> None:
+            on_done(*result)
+            bar.advance(job)
+
+        run_in_workers(_analyze_task, [(task, model, config) for task in tasks], jobs, finished,
+                       what="analyze --jobs", initializer=_init_analyze_worker)
 
 
 def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Path | None = None,

@@ -263,3 +263,20 @@ def test_prepare_sigterm_and_ctrl_c_exit_codes_and_resume(face_manifest, tmp_pat
                             timeout=300)
     assert finish.returncode == 0, finish.stderr
     assert f"reused {done_before}" in finish.stdout and len(list(cache.rglob("*.npz"))) == 24
+
+
+def test_prepare_workers_from_an_unguarded_script_is_one_line_not_a_hang(face_manifest, tmp_path):
+    """Python's spawn re-runs a script without `if __name__ == "__main__":` in every worker: the workers
+    die at start-up, and prepare_samples says so in one line (multiprocessing.Pool restarted them forever)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("from slstt.config import PreprocessConfig\n"
+                      "from slstt.data.adapters import load_dataset\n"
+                      "from slstt.data.prepare import prepare_samples\n"
+                      f"table = load_dataset('manifest', {str(face_manifest)!r})\n"
+                      "cfg = PreprocessConfig(input_size=32, num_frames=4)\n"
+                      f"prepare_samples(table.samples, cfg, {str(tmp_path / 'cache')!r}, workers=2, progress=False)\n")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - start < 90
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("slstt.errors.SlsttError: prepare --workers")]
+    assert len(ours) == 1 and 'if __name__ == "__main__":' in ours[0], proc.stderr[-3000:]

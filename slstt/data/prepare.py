@@ -102,57 +102,20 @@ _landmarker = None  # one FaceLandmarker per worker process
 _init_error: str | None = None  # why this worker has no landmarker (each of its samples fails with it)
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """A worker never outlives `slstt prepare`, whatever kills it (kill -9 included): an orphan would
-    hold ~180 MB, the resource tracker and the parent's stdout (so `slstt prepare | cat` would hang).
-    Linux: the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG); everywhere: a thread
-    polls the parent pid, which also covers a parent that died before prctl took effect."""
-    import os
-    import signal
-    import sys
-    import threading
-    import time
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
-    if hasattr(signal, "pthread_sigmask"):  # the parent blocks them while it starts the pool (_run_pool)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass  # the poller below still applies
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _init_worker(face_model: str | None, threads: int | None, parent_pid: int | None = None) -> None:
-    global _landmarker
+def _init_worker(face_model: str | None, threads: int | None, in_worker: bool = False) -> None:
+    global _landmarker, _init_error
     import cv2
 
     from slstt.preprocess.face import FaceLandmarker
 
-    if parent_pid is not None:
-        die_with_parent(parent_pid)
     if threads is not None:
         cv2.setNumThreads(threads)  # worker processes share the cores; no nested threading
-    if parent_pid is None:
+    if not in_worker:
         _landmarker = FaceLandmarker(face_model)
         return
-    global _init_error
-    try:
+    try:  # a worker whose initializer raises breaks the pool with no reason given: each sample says it
         _landmarker = FaceLandmarker(face_model)
-    except Exception as exc:  # noqa: BLE001 - a pool respawns a worker whose initializer raises, forever
+    except Exception as exc:  # noqa: BLE001
         _init_error = f"face model could not be loaded in a worker: {first_line(exc, 300)}"
 
 
@@ -237,37 +200,16 @@ def prepare_samples(samples: list[Sample], cfg: PreprocessConfig, cache_dir: str
     return report
 
 
-def _prepare_task(args: tuple[Sample, dict, str]) -> tuple[str, str | None]:
-    return _prepare_one(*args)
-
-
 def _run_pool(todo: list[tuple[Sample, str]], cfg: PreprocessConfig, model: str | None, workers: int,
               record: Callable[[str, str | None], None], advance: Callable[[], None]) -> None:
-    """Samples in worker processes. On Ctrl-C, SIGTERM or any error the workers are terminated at
-    once (queued samples are dropped, not waited for): every finished file is already in the cache,
-    so a re-run resumes."""
-    import multiprocessing
-    import os
-    import signal
+    """Samples in worker processes (slstt.workers: spawned, dying with this process, stopped at once
+    on Ctrl-C, SIGTERM or an error, queued samples dropped; a dead worker is one line). Every
+    finished file is already in the cache, so a re-run resumes."""
+    from slstt.workers import run_in_workers
 
-    context = multiprocessing.get_context("spawn")  # mediapipe and fork do not mix
-    # A signal in the middle of starting a worker would leave it half-started (a traceback on stderr):
-    # Ctrl-C / SIGTERM wait until the pool stands, then stop it (workers unblock them in die_with_parent).
-    blocked = hasattr(signal, "pthread_sigmask")
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if blocked else None
-    try:
-        pool = context.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(model, 1, os.getpid()))
-    finally:
-        if old_mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    try:
-        tasks = [(sample, cfg.to_dict(), path) for sample, path in todo]
-        for key, message in pool.imap_unordered(_prepare_task, tasks):
-            record(key, message)
-            advance()
-        pool.close()
-    except BaseException:
-        pool.terminate()  # SIGTERM to every worker now
-        raise
-    finally:
-        pool.join()
+    def finished(result: tuple[str, str | None]) -> None:
+        record(*result)
+        advance()
+
+    run_in_workers(_prepare_one, [(sample, cfg.to_dict(), path) for sample, path in todo], workers, finished,
+                   what="prepare --workers", initializer=_init_worker, initargs=(model, 1, True))
