@@ -60,7 +60,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from slstt.preprocess.face import CropBox, apply_crop
+from slstt.errors import SlsttError
+from slstt.preprocess.face import CropBox, apply_crop, crop_box
 from slstt.preprocess.flow import compute_flow
 
 # Small regions on MediaPipe 478-mesh landmarks, one per action-unit site (subject's right, left).
@@ -207,13 +208,13 @@ class FrameMotion:
 
     index: int
     vectors: dict[str, np.ndarray]  # region -> mean high-passed flow (2,)
-    eyes: float  # upper lids' downward movement (px, + = down)
+    eyes: float  # upper lids' movement along the face's down axis (px, + = down)
     head: float  # rigid head motion magnitude (px)
     field: np.ndarray | None = None  # (g, g, 2) smoothed high-passed flow on a coarse grid
     geometry: RegionGeometry | None = None  # frame index's regions (zones on the coarse grid)
     head_vector: np.ndarray | None = None  # the head's mean movement (px)
     jaw: float = 0.0  # the jaw's opening or closing (px, fitted movement of the chin below the mouth line)
-    jaw_y: float = 0.0  # its vertical part on the crop (+: down, the mouth opening)
+    jaw_y: float = 0.0  # its part along the face's down axis (+: the mouth opening)
 
 
 def quantile(x: np.ndarray, q: float) -> float:
@@ -226,6 +227,20 @@ def quantile(x: np.ndarray, q: float) -> float:
     part = np.partition(x, [lo, hi])
     a, b = part[lo], part[hi]
     return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)
+
+
+def upright_box(box: CropBox | None, landmarks: np.ndarray | None) -> CropBox | None:
+    """The spotter's box: the tracker's centre, no rotation (spotting needs none), and the side measured
+    along the face's own vertical (as the 'aligned' recipe does). The paper's recipe measures it along
+    the image's vertical, which shrinks the box to the nose of a face turned 90 degrees in the frame (a
+    sideways phone, a head on a pillow); for an upright face the two agree."""
+    if box is None or landmarks is None:
+        return box if box is None or box.angle == 0.0 else CropBox(box.cx, box.cy, box.side)
+    try:
+        side = crop_box(landmarks, "aligned").side
+    except SlsttError:  # degenerate landmarks: the tracker's own side
+        side = box.side
+    return CropBox(box.cx, box.cy, side)
 
 
 def robust_fit(design: np.ndarray, target: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -300,6 +315,10 @@ class RegionGeometry:
         if depth is not None and (dense := self._dense(pts, depth * scale, size)) is not None and self.mask.any():
             self.depth = ((dense - float(np.median(dense[self.mask > 0]))) / size).astype(np.float32)
         self.points = pts  # landmarks on the crop
+        # the face's own "down" on the crop (brows to chin): a blink and an opening jaw move along it,
+        # whichever way the face is turned in the frame (a sideways phone, a head on a pillow)
+        down = (pts[CHIN_TIP] - pts[BROW_MID]).astype(np.float64)
+        self.down = down / max(float(np.hypot(*down)), 1e-6)
         self.model_design: tuple[np.ndarray, np.ndarray] | None = None  # (grid design, full design), lazily
         self.jaw_ramp: np.ndarray | None = None  # the jaw's ramp on the face's grid points, lazily (empty: none)
 
@@ -410,7 +429,7 @@ class MotionScorer:
         rx, ry = fx - bx, fy - by
         vectors = {name: np.array([float((rx[ys, xs] * k).sum()), float((ry[ys, xs] * k).sum())])
                    for name, (ys, xs, k) in geo.windows.items()}
-        eyes = float((ry * geo.lids).sum())
+        eyes = float(((rx * geo.down[0] + ry * geo.down[1]) * geo.lids).sum())
         self.last_field = None
         if self.coarse_field:
             g = self.size // COARSE
@@ -422,7 +441,7 @@ class MotionScorer:
                landmarks: np.ndarray | None, depth: np.ndarray | None = None) -> FrameMotion | None:
         """Store frame `index`; returns the movement of frame index - gap (None if it had no face)."""
         if box is not None and box.angle != 0.0:  # an 'aligned' training box: spotting needs no rotation
-            box = CropBox(box.cx, box.cy, box.side)
+            box = CropBox(box.cx, box.cy, box.side)  # (Spotter.update gives upright_box already)
         self._frames.append((index, gray, box, landmarks, depth))
         if len(self._frames) <= self.gap or index % self.stride:
             return None
@@ -463,7 +482,7 @@ class MotionScorer:
         ramp = self.jaw_ramp(geo, q, face) if self.measure_jaw else None
         if ramp is not None:  # the chin's movement that the head's model does not explain
             jaw = ramp @ (target[face] - q[face] @ coef) / max(float(ramp @ ramp), 1e-9)
-            self.last_jaw, self.last_jaw_y = float(np.hypot(*jaw)), float(jaw[1])
+            self.last_jaw, self.last_jaw_y = float(np.hypot(*jaw)), float(jaw @ geo.down)
         return flow, model
 
     def jaw_ramp(self, geo: RegionGeometry, q: np.ndarray, face: np.ndarray) -> np.ndarray | None:
@@ -970,6 +989,7 @@ class Spotter:
     def update(self, gray: np.ndarray, index: int, t: float, box: CropBox | None,
                landmarks: np.ndarray | None, depth: np.ndarray | None = None) -> SpotStep:
         """depth: MediaPipe's (478,) relative landmark depth (FaceState.depth); optional."""
+        box = upright_box(box, landmarks)
         motion = self.scorer.update(gray, index, box, landmarks, depth)
         macro = self.macro.update(gray, index, box, landmarks)
         for follower in self.followers:

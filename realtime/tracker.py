@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slstt.errors import SlsttError
 from slstt.preprocess.face import CropBox, FaceLandmarker, crop_box
 
 
@@ -70,6 +71,19 @@ class FaceState:
     depth: np.ndarray | None = None  # (478,) MediaPipe's relative depth of the last detection (px, nearer = smaller)
 
 
+def tracking_box(landmarks: np.ndarray, recipe: str) -> CropBox | None:
+    """The training recipe's crop box of these landmarks. The paper's recipe ('slstt') measures the face
+    along the image's vertical, which has no size for a face turned about 90 degrees or more in the
+    frame (a sideways phone, a head on a pillow, upside down): that face is kept with the 'aligned'
+    box (eye line level) instead of being lost. None when neither box exists."""
+    for name in (recipe, "aligned"):
+        try:
+            return crop_box(landmarks, name)
+        except SlsttError:
+            continue
+    return None
+
+
 class FaceTracker:
     """update(image, index, t) -> FaceState | None. Keeps a short per-frame history of boxes so
     the recognizer can look up the box at an event's apex frame."""
@@ -105,9 +119,8 @@ class FaceTracker:
             return self.state
         self.detections += 1
         smooth = self.filter(points, t)
-        try:
-            box = crop_box(smooth, self.cfg.recipe)
-        except Exception:  # degenerate landmarks: keep the previous state
+        box = tracking_box(smooth, self.cfg.recipe)
+        if box is None:  # degenerate landmarks: keep the previous state
             return self.state
         self.state = FaceState(smooth, box, index, True, self.landmarker.last_depth)
         self.last_seen_t, self.no_face_since = t, None

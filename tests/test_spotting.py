@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from slstt.data import synth
+from slstt.errors import SlsttError
 from slstt.preprocess.face import crop_box
 from slstt.realtime.spotting import (
     BLINK_REGIONS,
@@ -22,6 +23,7 @@ from slstt.realtime.spotting import (
     SpotterConfig,
     rise_return_score,
 )
+from slstt.realtime.tracker import tracking_box
 
 FPS = 30.0
 
@@ -147,7 +149,7 @@ def _spot(frames: list[tuple[np.ndarray, np.ndarray]], cfg: SpotterConfig | None
     spotter = Spotter(cfg or SpotterConfig(), FPS)
     closed = []
     for i, (gray, lm) in enumerate(frames):
-        step = spotter.update(gray, i, i / FPS, crop_box(lm), lm)
+        step = spotter.update(gray, i, i / FPS, tracking_box(lm, "slstt"), lm)
         closed += step.closed
     return closed
 
@@ -169,6 +171,37 @@ def test_spotter_finds_a_micro_movement_on_a_drifting_head_and_measures_its_inte
     assert inter / union >= 0.5, (e.onset, e.apex, e.offset)
     assert e.region.startswith("lip_corner") and abs(e.apex - apex) <= 2
     assert (e.closed_index - e.apex) / FPS <= 0.5  # decided within 0.5 s of the apex
+
+
+def test_a_face_turned_in_the_frame_is_spotted_as_upright(face):
+    """A sideways phone, a head on a pillow: the paper's crop is sized along the image's vertical, so it
+    shrinks to the nose of a face turned 70 degrees and has no size at 90; the tracker keeps the face
+    (tracking_box), and the spotter measures it along the face's own axes (upright_box; the lids' and
+    the jaw's "down"), so it spots what it spots upright."""
+    img, lm, field = face
+    n, onset, apex, offset = 120, 70, 75, 80
+    profile = synth.rise_fall(np.arange(n), onset, apex, offset)
+    h, w = img.shape
+    size = int(np.hypot(h, w)) + 2
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), 70, 1.0)  # counter-clockwise on screen
+    turn[:, 2] += ((size - w) / 2, (size - h) / 2)  # onto a canvas that holds the whole photo
+    upright, turned = [], []
+    for i in range(n):
+        shift = (0.08 * i, 0.03 * i)
+        gray, points = render(img, shift, field, float(profile[i])), moved_landmarks(lm, shift)
+        upright.append((gray, points))
+        turned.append((cv2.warpAffine(gray, turn, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
+                       (points @ turn[:, :2].T + turn[:, 2]).astype(np.float32)))
+    assert crop_box(turned[0][1], "slstt").side < 0.5 * crop_box(lm, "slstt").side  # the paper's box: the nose
+    quarter = np.stack([lm[:, 1], w - 1 - lm[:, 0]], 1)  # np.rot90: a quarter turn
+    with pytest.raises(SlsttError, match="degenerate"):
+        crop_box(quarter, "slstt")
+    assert abs(tracking_box(quarter, "slstt").side - crop_box(lm, "slstt").side) <= 2
+    micro = {name: [(e.onset, e.apex, e.offset, e.region) for e in _spot(frames) if e.kind == "micro"]
+             for name, frames in (("upright", upright), ("turned", turned))}
+    assert len(micro["upright"]) == 1 and len(micro["turned"]) == 1, micro
+    (a0, p0, b0, r0), (a1, p1, b1, r1) = micro["upright"][0], micro["turned"][0]
+    assert r1 == r0 and abs(p1 - p0) <= 1 and abs(a1 - a0) <= 1 and abs(b1 - b0) <= 1, micro
 
 
 def test_a_follower_decides_as_a_spotter_of_its_own_config_on_the_leaders_flows(face):
@@ -361,7 +394,6 @@ def test_skip_during_speech_drops_candidates_only_while_the_jaw_works(mode):
 
 
 def test_during_speech_must_be_a_known_mode():
-    from slstt.errors import SlsttError
     from slstt.realtime.pipeline import live_config
 
     assert live_config(during_speech="skip").spotter.during_speech == "skip"
