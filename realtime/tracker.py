@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from slstt.errors import SlsttError
-from slstt.preprocess.face import CropBox, FaceLandmarker, crop_box
+from slstt.preprocess.face import CropBox, FaceLandmarker, face_box
 
 
 @dataclass
@@ -72,16 +72,12 @@ class FaceState:
 
 
 def tracking_box(landmarks: np.ndarray, recipe: str) -> CropBox | None:
-    """The training recipe's crop box of these landmarks. The paper's recipe ('slstt') measures the face
-    along the image's vertical, which has no size for a face turned about 90 degrees or more in the
-    frame (a sideways phone, a head on a pillow, upside down): that face is kept with the 'aligned'
-    box (eye line level) instead of being lost. None when neither box exists."""
-    for name in (recipe, "aligned"):
-        try:
-            return crop_box(landmarks, name)
-        except SlsttError:
-            continue
-    return None
+    """The crop box of these landmarks (face_box: the training recipe's, upright for a face turned in
+    the frame, so a sideways face is kept, not lost); None for degenerate landmarks."""
+    try:
+        return face_box(landmarks, recipe)
+    except SlsttError:
+        return None
 
 
 class FaceTracker:

@@ -23,6 +23,7 @@ from slstt.preprocess import (
     default_face_model_path,
     encode_flow,
     eye_line_angle,
+    face_box,
     flow_images_to_input,
     frame_at,
     select_positions,
@@ -93,6 +94,36 @@ def test_aligned_angle_follows_rotation(photo, landmarker):
         crop = apply_crop(rotated, box)
         again = landmarker.detect(cv2.resize(crop, (256, 256)))
         assert again is not None and abs(eye_line_angle(again)) < 1.5  # eye line now level
+
+
+def test_a_face_turned_in_the_frame_is_cropped_upright_at_its_own_size(photo, landmarker):
+    """face_box: the paper's box of a face turned 70 or 90 degrees is the nose (or nothing); the face is
+    cropped upright instead, at its own size, and looks like the upright crop. Upright and slightly
+    rolled faces (the data sets') keep the recipe's box exactly."""
+    points = landmarker.detect(photo)
+    upright = crop_box(points, "slstt")
+    assert face_box(points, "slstt") == upright and face_box(points, "aligned") == crop_box(points, "aligned")
+    tilted = landmarker.detect(rotate(photo, 20))
+    assert face_box(tilted, "slstt") == crop_box(tilted, "slstt")
+    reference = cv2.cvtColor(apply_crop(photo, crop_box(points, "aligned")), cv2.COLOR_BGR2GRAY).astype(np.float32)
+    for degrees in (70, 90):
+        turned = rotate(photo, degrees)
+        found = landmarker.detect(turned)
+        assert found is not None, degrees
+        try:
+            paper = crop_box(found, "slstt").side
+        except SlsttError:
+            paper = 0  # no size at all
+        assert paper < 0.5 * upright.side, (degrees, paper)
+        box = face_box(found, "slstt")
+        # (MediaPipe places a turned face's landmarks less exactly: within 15 %)
+        assert abs(box.side - upright.side) <= 0.15 * upright.side, (degrees, box.side, upright.side)
+        crop = cv2.cvtColor(apply_crop(turned, box), cv2.COLOR_BGR2GRAY).astype(np.float32)
+        crop = cv2.resize(crop, reference.shape[::-1], interpolation=cv2.INTER_AREA)
+        level = np.corrcoef(crop.ravel(), reference.ravel())[0, 1]
+        sideways = cv2.cvtColor(apply_crop(turned, CropBox(box.cx, box.cy, box.side)), cv2.COLOR_BGR2GRAY)
+        sideways = cv2.resize(sideways.astype(np.float32), reference.shape[::-1], interpolation=cv2.INTER_AREA)
+        assert level > 0.75 and level > np.corrcoef(sideways.ravel(), reference.ravel())[0, 1] + 0.3, degrees
 
 
 def test_apply_crop_outside_frame_replicates_border(photo):

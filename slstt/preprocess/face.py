@@ -247,6 +247,20 @@ def crop_box(landmarks: np.ndarray, recipe: str = "slstt") -> CropBox:
     return CropBox(float(nose[0]), float(nose[1]), int(round(side)), angle)
 
 
+TURNED_DEG = 30.0  # a face turned further than this in the frame is cropped upright (face_box)
+
+
+def face_box(landmarks: np.ndarray, recipe: str = "slstt") -> CropBox:
+    """The recipe's crop box, except for a face turned more than TURNED_DEG in the frame (a phone held
+    sideways, a head on a pillow, upside down): the paper's box is sized along the image's vertical, so
+    it shrinks with the turn and vanishes at 90 degrees; that face gets the 'aligned' box (same centre,
+    its own size, eye line level), which shows the network an upright face as in its training data.
+    The released data sets' faces are upright, so training crops are the recipe's."""
+    if recipe == "slstt" and abs(eye_line_angle(landmarks)) > TURNED_DEG:
+        return crop_box(landmarks, "aligned")
+    return crop_box(landmarks, recipe)
+
+
 def apply_crop(frame: np.ndarray, box: CropBox) -> np.ndarray:
     """side x side crop of `frame` (any channels). The top-left corner is rounded to whole
     pixels so an unrotated box is an exact pixel copy; inside the frame it is a view (no copy).

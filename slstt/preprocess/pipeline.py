@@ -10,7 +10,7 @@ import numpy as np
 
 from slstt.config import PreprocessConfig
 from slstt.errors import NoFaceError, SlsttError
-from slstt.preprocess.face import CropBox, FaceLandmarker, apply_crop, crop_box
+from slstt.preprocess.face import CropBox, FaceLandmarker, apply_crop, face_box
 from slstt.preprocess.flow import compute_flow, encode_flow
 from slstt.preprocess.frames import frame_at, select_positions
 
@@ -57,7 +57,7 @@ def _find_box(load_frame: Callable[[int], np.ndarray], index: int, cfg: Preproce
     if landmarks is None:
         raise NoFaceError(f"no face found on frame {index} of {where or 'the clip'}; "
                           "check the frames (face visible, not too small) or exclude the sample")
-    return crop_box(landmarks, cfg.crop)
+    return face_box(landmarks, cfg.crop)
 
 
 def flow_magnitude_series(load_gray_crop: Callable[[int], np.ndarray], onset: int, offset: int,
