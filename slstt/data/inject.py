@@ -106,9 +106,9 @@ def track(video: Path, face_model: str | Path | None = None, progress: bool = Fa
 
 
 def _crop_side(lm: np.ndarray) -> float:
-    from slstt.preprocess.face import crop_box
+    from slstt.preprocess.face import face_box
 
-    return float(crop_box(lm).side)
+    return float(face_box(lm).side)  # the spotter's crop size, also for a face turned in the frame
 
 
 def _contexts(lm: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
