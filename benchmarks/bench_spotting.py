@@ -10,6 +10,8 @@ the same flows, one pass; operating_curve.csv/.png).
     python benchmarks/bench_spotting.py --during-speech skip # the strict mode instead of the defaults
     python benchmarks/bench_spotting.py --inject a.mp4 b.mp4 # REAL footage: micro events put into your
                                                              # videos (slstt.data.inject), 5 copies each
+    python benchmarks/bench_spotting.py ... --turn 90        # the same videos turned a quarter in the
+                                                             # frame (a phone held sideways; ffmpeg)
     python benchmarks/bench_spotting.py ... --explain        # and why each missed event was missed
                                                              # (a generated set's controls are written
                                                              # first, into <set>/controls/)
@@ -47,6 +49,9 @@ def main() -> None:
     parser.add_argument("--explain", action="store_true",
                         help="also say why each missed event was missed (slstt.realtime.explain; explain.csv)")
     parser.add_argument("--jobs", type=int, default=1, help="videos analysed at once (worker processes)")
+    parser.add_argument("--turn", type=int, choices=(0, 90, 180, 270), default=0,
+                        help="turn every video clockwise by this many degrees first (ffmpeg, crf 12; the same "
+                             "ground truth): a face turned in the frame, e.g. a phone held sideways")
     parser.add_argument("--sweep-k", default="2,3,4,5,6",
                         help="threshold_k values of the operating curve (recall against false spots/min; '' = none)")
     args = parser.parse_args()
@@ -73,6 +78,8 @@ def main() -> None:
 
         print(f"writing the controls of {folder} (if missing) ...", flush=True)
         write_controls(folder, progress=True)
+    if args.turn:
+        folder = turned_copies(folder, args.cache / f"{folder.name}_turn{args.turn}", args.turn)
     out = args.out / (args.set if named else folder.name)
     if args.during_speech != "penalise":
         out = out.with_name(f"{out.name}_{args.during_speech}")
@@ -94,6 +101,32 @@ def main() -> None:
     if ratios:
         print("spotter could open an interval on this fraction of face frames: "
               + ", ".join(f"{name} {r:.3f}" for name, r in ratios))
+
+
+TURN_FILTERS = {90: "transpose=1", 180: "transpose=1,transpose=1", 270: "transpose=2"}
+
+
+def turned_copies(folder: Path, target: Path, degrees: int) -> Path:
+    """Every video of `folder` turned clockwise by `degrees` into `target` (once), with its ground truth,
+    events and control files copied unchanged: the frames and times do not move."""
+    import shutil
+    import subprocess
+
+    from slstt.realtime.pooled import collect_videos
+
+    target.mkdir(parents=True, exist_ok=True)
+    for item in collect_videos(folder):
+        video = target / item.video.name
+        if not video.is_file():
+            print(f"turning {item.video.name} by {degrees} degrees ...", flush=True)
+            part = video.with_name(f".{video.stem}.part.mp4")
+            subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(item.video), "-vf", TURN_FILTERS[degrees],
+                            "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", str(part)], check=True)
+            part.replace(video)
+        for extra in folder.glob(f"{item.video.stem}.*"):
+            if extra != item.video and not (target / extra.name).exists():
+                shutil.copy2(extra, target / extra.name)
+    return target
 
 
 if __name__ == "__main__":
