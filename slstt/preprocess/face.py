@@ -256,7 +256,7 @@ def face_box(landmarks: np.ndarray, recipe: str = "slstt") -> CropBox:
     it shrinks with the turn and vanishes at 90 degrees; that face gets the 'aligned' box (same centre,
     its own size, eye line level), which shows the network an upright face as in its training data.
     The released data sets' faces are upright, so training crops are the recipe's."""
-    if recipe == "slstt" and abs(eye_line_angle(landmarks)) > TURNED_DEG:
+    if recipe == "slstt" and landmarks.shape == (NUM_LANDMARKS, 2) and abs(eye_line_angle(landmarks)) > TURNED_DEG:
         return crop_box(landmarks, "aligned")
     return crop_box(landmarks, recipe)
 
