@@ -102,6 +102,14 @@ def video_signature(item: VideoItem, run: dict[str, Any]) -> str:
     return config_hash({"video": file_sha256(item.video), "truth": file_sha256(item.truth), **run}, length=32)
 
 
+def video_signatures(items: list[VideoItem], config: Any, model: str | Path | None) -> list[str]:
+    """Each video's signature under this run's settings, model and code (what its done record holds)."""
+    from slstt.realtime.pipeline import LiveConfig
+
+    run = run_signature(config or LiveConfig(), model)
+    return [video_signature(item, run) for item in items]
+
+
 def _write_done(path: Path, signature: str, result: AnalyzeResult) -> None:
     from dataclasses import asdict
 
@@ -143,23 +151,20 @@ def done_signature(path: Path) -> str | None:
     return None if data is None or "signature" not in data else str(data["signature"])
 
 
-def same_run(out: Path, items: list[VideoItem], config: Any, model: str | Path | None) -> bool:
+def same_run(out: Path, items: list[VideoItem], signatures: list[str]) -> bool:
     """--out holds a pooled run of these videos with these settings (finished or killed): every video
-    folder there is one of ours, and every finished one (done.json) has this run's signature; if the
-    run finished (pooled.json), every video did (what is rewritten is then the same)."""
-    from slstt.realtime.pipeline import LiveConfig
-
+    folder there is one of ours, and every finished one (done.json) has its signature (video_signatures);
+    if the run finished (pooled.json), every video did (what is rewritten is then the same)."""
     videos = out / "videos"
     if not videos.is_dir():
         return False
     names = video_dirs(items)
     if any(p.name not in names for p in videos.iterdir()):
         return False
-    run = run_signature(config or LiveConfig(), model)
     finished = (out / "pooled.json").exists()
-    for item, name in zip(items, names, strict=True):
+    for name, signature in zip(names, signatures, strict=True):
         done = done_signature(videos / name / DONE)
-        if (done is None and finished) or (done is not None and done != video_signature(item, run)):
+        if (done is None and finished) or (done is not None and done != signature):
             return False
     return True
 
@@ -317,7 +322,7 @@ def _run_analyze_pool(tasks: list[_Task], jobs: int, model: str | Path | None, c
 def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Path | None = None,
                  config: Any = None, progress: bool = False,
                  on_warning: Callable[[str], None] | None = None, explain: bool = False,
-                 resume: bool = True, jobs: int = 1) -> PooledResult:
+                 resume: bool = True, jobs: int = 1, signatures: list[str] | None = None) -> PooledResult:
     """analyze_video on each video (into out_dir/videos/<stem>/), then pooled micro scores (MEGC rule:
     IoU >= 0.5, one-to-one per video), false spots per minute on videos without events, recall per
     amplitude / region / context of the ground truth, the regions that fired, a table and a plot.
@@ -325,21 +330,22 @@ def analyze_many(items: list[VideoItem], out_dir: str | Path, *, model: str | Pa
     with its lift over the control when the control of an injected copy is among the videos.
     resume: a video whose videos/<stem>/done.json says it was analysed from the same video, ground
     truth, settings, model and code is not analysed again (not with explain, which needs its trace).
-    jobs > 1: that many videos at once, in worker processes (the same results)."""
+    jobs > 1: that many videos at once, in worker processes (the same results).
+    signatures: video_signatures(items, config, model), when the caller computed them already."""
     from slstt.realtime import explain as why
-    from slstt.realtime.pipeline import LiveConfig
 
     out = Path(out_dir)
     make_out_dir(out)
     pool = _Pool()
     controls = {why.control_for(item.video) for item in items} if explain else set()
     runs: dict[Path, tuple[AnalyzeResult, list[GroundTruth], dict[int, Any]]] = {}
-    run = run_signature(config or LiveConfig(), model)
+    if signatures is None:
+        signatures = video_signatures(items, config, model)
     truths = [read_ground_truth(item.truth) for item in items]  # every file checked before any work
     finished: dict[int, tuple[AnalyzeResult, dict[int, Any] | None]] = {}
     tasks = []
-    for i, (item, name, truth) in enumerate(zip(items, video_dirs(items), truths, strict=True)):
-        task = _Task(i, item.video, item.truth, out / "videos" / name, video_signature(item, run),
+    for i, (item, name, truth, signature) in enumerate(zip(items, video_dirs(items), truths, signatures, strict=True)):
+        task = _Task(i, item.video, item.truth, out / "videos" / name, signature,
                      explain and (item.video in controls or any(g.kind == "micro" for g in truth)))
         earlier = read_done(task.out / DONE, task.signature, truth) if resume and not explain else None
         if earlier is not None:

@@ -147,12 +147,13 @@ def analyze_many(spec: Path, out: Path, *, model: Path | None, config: Any, over
     inputs = analyze.file_inputs(model, face_model, spec if spec.is_file() else None,
                                  *[p for item in items for p in (item.video, item.truth)])
     # the same command again continues (or repeats for free) the run in --out: allowed without --overwrite
-    resuming = not overwrite and not explain and pooled.same_run(out, items, config, model)
+    signatures = pooled.video_signatures(items, config, model)  # once: they hash every video
+    resuming = not overwrite and not explain and pooled.same_run(out, items, signatures)
     analyze.check_analyze_outputs(out, record=None, inputs=inputs, overwrite=overwrite or resuming,
                                   names=tuple(n for n in pooled.POOLED_OUTPUTS if n != "videos"),
                                   folders=("videos",))
     return pooled.analyze_many(items, out, model=model, config=config, progress=progress, on_warning=on_warning,
-                               explain=explain, resume=not overwrite, jobs=jobs)
+                               explain=explain, resume=not overwrite, jobs=jobs, signatures=signatures)
 
 
 MAX_JOBS = 64  # worker processes of a pooled analysis (each holds a face tracker, ~200 MB)
