@@ -225,8 +225,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     raise SlsttError(f"{path} is not an slstt or SLSTT-authors checkpoint ({_describe(data)}); expected {EXPECTED}")
 
 
-def _load_project(path: Path, data: dict[str, Any], map_location: str | torch.device,
-                  backbone_file: str | Path | None = None) -> LoadedCheckpoint:
+def checkpoint_card(path: str | Path) -> ModelCard:
+    """The model card of a checkpoint file (what `slstt export onnx` writes into the ONNX metadata), read
+    from its configs and meta without building the model. An authors' file is loaded in full: only its
+    tensors tell its aggregator."""
+    path = Path(path)
+    data = read_torch_file(path, EXPECTED, "cpu")
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        cfg, preprocess = _project_configs(path, data)
+        return ModelCard.from_training(cfg, preprocess, dict(data.get("meta") or {}), where=f"{path}")
+    return load_checkpoint(path).card
+
+
+def _project_configs(path: Path, data: dict[str, Any]) -> tuple[ModelConfig, PreprocessConfig]:
+    """The model and preprocessing configs of a project checkpoint's payload (one line when bad)."""
     version = data.get("format_version")
     if version not in (FORMAT_VERSION, COMPACT_VERSION):
         raise SlsttError(f"{path}: checkpoint format_version {version} is not supported "
@@ -236,11 +248,20 @@ def _load_project(path: Path, data: dict[str, Any], map_location: str | torch.de
         pre = data.get("preprocess_config")
         preprocess = PreprocessConfig.from_dict(pre) if pre is not None else PreprocessConfig(
             input_size=cfg.input_size, num_frames=cfg.num_frames)
-        state = data["state_dict"]
     except KeyError as exc:
         raise SlsttError(f"{path}: slstt checkpoint without {exc}; expected {EXPECTED}") from None
     except SlsttError as exc:
         raise SlsttError(f"{path}: bad config inside the checkpoint: {exc}") from None
+    return cfg, preprocess
+
+
+def _load_project(path: Path, data: dict[str, Any], map_location: str | torch.device,
+                  backbone_file: str | Path | None = None) -> LoadedCheckpoint:
+    cfg, preprocess = _project_configs(path, data)
+    version = data.get("format_version")
+    state = data.get("state_dict")
+    if state is None:
+        raise SlsttError(f"{path}: slstt checkpoint without 'state_dict'; expected {EXPECTED}")
     if not isinstance(state, dict):
         raise SlsttError(f"{path}: state_dict is not a dict of tensors; expected {EXPECTED}")
     if version == COMPACT_VERSION:

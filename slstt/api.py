@@ -169,6 +169,23 @@ class TrainResult:
     results: dict[str, Any] = field(default_factory=dict)  # results.json
     checkpoints: list[Path] = field(default_factory=list)  # fold_*/checkpoint.pt
 
+    def card(self, fold: str | None = None) -> Any:
+        """The model card (slstt.card.ModelCard: labels, recipe, serving frame rate, provenance) of the
+        checkpoint of `fold` (a test subject, or "all" for --protocol all; default: the run's first),
+        read from the file without building the model: what `slstt export onnx` puts into the .onnx."""
+        from slstt.models.checkpoint import checkpoint_card
+        from slstt.training.loso import fold_dir_name
+
+        if fold is None:
+            if not self.checkpoints:
+                raise SlsttError(f"{self.run_dir}: no finished fold (fold_*/checkpoint.pt); train the run first")
+            return checkpoint_card(self.checkpoints[0])
+        path = self.run_dir / fold_dir_name(fold) / "checkpoint.pt"
+        if not path.is_file():
+            folds = ", ".join(p.parent.name.removeprefix("fold_") for p in self.checkpoints) or "none"
+            raise SlsttError(f"{self.run_dir}: no checkpoint for fold {fold!r} (finished folds: {folds})")
+        return checkpoint_card(path)
+
 
 def _train_options() -> dict[str, tuple[Any, Any]]:
     """train_command's parameters: name -> (type, the CLI's default)."""

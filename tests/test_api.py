@@ -206,3 +206,24 @@ def test_export_is_the_cli_export(trained, capsys) -> None:
 
     assert default_output(checkpoint) == checkpoint.with_suffix(".onnx")
     assert default_output(Path("x/model_best_casme2.pth.tar")) == Path("x/model_best_casme2.onnx")
+
+
+def test_run_card_is_each_fold_checkpoints_card(trained) -> None:
+    """TrainResult.card(fold) reads a fold's card from its checkpoint file without building the model:
+    the same card as the loaded checkpoint's (what export writes), naming that fold."""
+    import slstt
+    from slstt.errors import SlsttError
+    from slstt.models.checkpoint import load_checkpoint
+
+    run, _, root = trained
+    again = slstt.read_run(root / "run")
+    folds = [p.parent.name.removeprefix("fold_") for p in again.checkpoints]
+    assert len(folds) == 3
+    for fold, checkpoint in zip(folds, again.checkpoints, strict=True):
+        card, loaded = again.card(fold), load_checkpoint(checkpoint).card
+        assert card.training.fold == fold and card.labels == again.results["labels"]
+        assert {k: v for k, v in card.to_dict().items() if k != "exported_at"} == \
+            {k: v for k, v in loaded.to_dict().items() if k != "exported_at"}
+    assert again.card().training.fold == folds[0]
+    with pytest.raises(SlsttError, match="no checkpoint for fold 'nobody'"):
+        again.card("nobody")
