@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from slstt.errors import SlsttError
 
 if TYPE_CHECKING:
+    from slstt.card import ModelCard
     from slstt.export.onnx import ExportReport
     from slstt.realtime.analyze import AnalyzeResult
     from slstt.realtime.events import SpotEvent
@@ -169,7 +170,7 @@ class TrainResult:
     results: dict[str, Any] = field(default_factory=dict)  # results.json
     checkpoints: list[Path] = field(default_factory=list)  # fold_*/checkpoint.pt
 
-    def card(self, fold: str | None = None) -> Any:
+    def card(self, fold: str | None = None) -> ModelCard:
         """The model card (slstt.card.ModelCard: labels, recipe, serving frame rate, provenance) of the
         checkpoint of `fold` (a test subject, or "all" for --protocol all; default: the run's first),
         read from the file without building the model: what `slstt export onnx` puts into the .onnx."""
@@ -182,7 +183,7 @@ class TrainResult:
             return checkpoint_card(self.checkpoints[0])
         path = self.run_dir / fold_dir_name(fold) / "checkpoint.pt"
         if not path.is_file():
-            folds = ", ".join(p.parent.name.removeprefix("fold_") for p in self.checkpoints) or "none"
+            folds = ", ".join(p.parent.name.removeprefix("fold_").replace("__", "/") for p in self.checkpoints) or "none"
             raise SlsttError(f"{self.run_dir}: no checkpoint for fold {fold!r} (finished folds: {folds})")
         return checkpoint_card(path)
 
@@ -251,7 +252,7 @@ def export(checkpoint: PathLike, output: PathLike | None = None, *, dtype: str =
                              parity=parity, aggregator=aggregator, console=console)
 
 
-def load_card(model: PathLike) -> Any:
+def load_card(model: PathLike) -> ModelCard:
     """The validated model card (slstt.card.ModelCard) of an exported .onnx file."""
     from slstt.export.metadata import read_card
 
