@@ -907,9 +907,7 @@ class Spotter:
         fa = self._frames.get(a)
         if fa is None or fa[1] is None or fa[2] is None:
             return None
-        gray_a, box, lm = fa[0], fa[1], fa[2]
-        if box.angle != 0.0:
-            box = CropBox(box.cx, box.cy, box.side)
+        gray_a, box, lm = fa[0], fa[1], fa[2]  # the box is upright_box's (Spotter.update): no rotation
         geo = self.scorer.geometry(box, lm)
         cell = d.apex.peaks.get(d.region)
         if cell is None:
