@@ -6,12 +6,14 @@ set's frame rate (30 or 200 fps), and its spotted intervals are scored with the 
 
 Out folder: run.json (what was run), videos/<subject>__<video>.json (one record per finished video,
 written atomically: a re-run resumes at the first unfinished video), predictions.csv, per_video.csv
-and results.json (written atomically at the end). Only typer/stdlib at import time."""
+and results.json (written atomically at the end). With --sweep-k the same flows are also decided at
+other threshold_k values (Spotter.follower): operating_curve.csv/.png, and a leave-one-subject-out
+choice of threshold_k (each subject scored at the k that did best on the other subjects: a tuned
+score that never looked at the subject it scores). Only typer/stdlib at import time."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 from dataclasses import dataclass, field
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
 
 RECORD_VERSION = 1
 PREDICTION_COLUMNS = ["video", "subject", "kind", "onset", "apex", "offset", "onset_s", "offset_s", "score"]
+CURVE_COLUMNS = ["threshold_k", "this_run"] + [f"{kind}_{m}" for kind in ("micro", "macro", "overall")
+                                               for m in ("tp", "fp", "fn", "precision", "recall", "f1")]
+SELECT_BY = ("overall", "micro")  # the F1 a leave-one-subject-out choice of threshold_k maximises
 PER_VIDEO_COLUMNS = ["video", "subject", "frames", "face_frames", "unreadable_frames", "truth_micro", "truth_macro",
                      "spotted_micro", "spotted_macro", "tp_micro", "tp_macro", "fp", "fn", "seconds"]
 
@@ -47,6 +52,7 @@ class VideoRecord:
     unreadable_frames: int
     seconds: float
     version: int = RECORD_VERSION
+    swept: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # f"{threshold_k:g}" -> spotted (--sweep-k)
 
     @classmethod
     def read(cls, path: Path) -> VideoRecord | None:
@@ -54,14 +60,22 @@ class VideoRecord:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             record = cls(**data)
-            if record.version != RECORD_VERSION or not isinstance(record.spotted, list):
+            if record.version != RECORD_VERSION or not isinstance(record.swept, dict):
                 return None
-            for s in record.spotted:
-                if s["kind"] not in ("micro", "macro") or int(s["onset"]) > int(s["offset"]):
+            for spotted in (record.spotted, *record.swept.values()):
+                if not isinstance(spotted, list):
                     return None
+                for s in spotted:
+                    if s["kind"] not in ("micro", "macro") or int(s["onset"]) > int(s["offset"]):
+                        return None
             return record
         except (OSError, ValueError, TypeError, KeyError):
             return None
+
+
+def k_key(k: float) -> str:
+    """A threshold_k as VideoRecord.swept names it."""
+    return f"{k:g}"
 
 
 @dataclass
@@ -69,17 +83,56 @@ class MegcRun:
     dataset: str
     videos: list[tuple[LongVideo, VideoRecord]] = field(default_factory=list)
     resumed: int = 0
+    threshold_k: float = 0.0  # the spotter's own k (its spotted intervals)
+    sweep_k: tuple[float, ...] = ()  # the followers' (each record's swept)
 
-    def predicted(self) -> dict[str, list[dict[str, Any]]]:
-        return {video.key: record.spotted for video, record in self.videos}
+    def predicted(self, k: float | None = None, subjects: set[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Spotted intervals per video at threshold_k k (None: the spotter's own), of `subjects` only if given."""
+        key = None if k is None or k == self.threshold_k else k_key(k)
+        return {video.key: record.spotted if key is None else record.swept[key]
+                for video, record in self.videos if subjects is None or video.subject in subjects}
 
-    def truth(self) -> dict[str, list[Any]]:
-        return {video.key: list(video.intervals) for video, _ in self.videos}
+    def truth(self, subjects: set[str] | None = None) -> dict[str, list[Any]]:
+        return {video.key: list(video.intervals) for video, _ in self.videos
+                if subjects is None or video.subject in subjects}
 
-    def score(self) -> MegcScore:
+    def score(self, k: float | None = None, subjects: set[str] | None = None) -> MegcScore:
         from slstt.data.longvideo import score_megc
 
-        return score_megc(self.predicted(), self.truth())
+        return score_megc(self.predicted(k, subjects), self.truth(subjects))
+
+    @property
+    def all_k(self) -> list[float]:
+        return sorted({self.threshold_k, *self.sweep_k})
+
+    def operating_curve(self) -> list[dict[str, Any]]:
+        """MEGC counts and F1 per threshold_k (the spotter's own and --sweep-k's), sorted by k."""
+        rows = []
+        for k in self.all_k:
+            row: dict[str, Any] = {"threshold_k": k, "this_run": k == self.threshold_k}
+            for kind, s in self.score(k).to_dict().items():
+                row.update({f"{kind}_{m}": v for m, v in s.items()})
+            rows.append(row)
+        return rows
+
+    def subject_choice(self, select_by: str = "overall") -> dict[str, Any] | None:
+        """Leave-one-subject-out threshold_k: each subject's videos are scored at the k whose `select_by`
+        F1 was best on all the other subjects (ties: the spotter's own k, then the higher k). None with
+        fewer than two subjects or no sweep."""
+        subjects = sorted({video.subject for video, _ in self.videos})
+        if len(subjects) < 2 or not self.sweep_k:
+            return None
+        chosen: dict[str, float] = {}
+        predicted: dict[str, list[dict[str, Any]]] = {}
+        for subject in subjects:
+            others = set(subjects) - {subject}
+            chosen[subject] = max(self.all_k, key=lambda k: (getattr(self.score(k, others), select_by).f1,
+                                                             k == self.threshold_k, k))
+            predicted.update(self.predicted(chosen[subject], {subject}))
+        from slstt.data.longvideo import score_megc
+
+        return {"select_by": f"{select_by} F1", "chosen_k": chosen,
+                "score": score_megc(predicted, self.truth()).to_dict()}
 
 
 def _signature(video: LongVideo, config_hash: str) -> str:
@@ -153,40 +206,51 @@ class FrameFolderSource:
         self._stop = True
 
 
-def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 0, on_frame: Any = None) -> VideoRecord:
-    """Every frame of one long video through the causal spotter (the stream runner over a
-    FrameFolderSource). Frames larger than `max_side` are scaled down first (SAMM's 2040x1088
-    frames at 200 fps would fill gigabytes of frame buffer; the spotter works on a small face crop)."""
-    import time
-
-    from slstt.realtime.pipeline import LivePipeline
-    from slstt.realtime.runner import StreamRunner
-    from slstt.realtime.sinks import CallbackSink
-
+def _spotted(events: list[Any], video: LongVideo) -> list[dict[str, Any]]:
+    """Micro and macro events (MEGC scores these two kinds only) in the data set's frame numbers."""
     first = video.frame_numbers[0]
-    started = time.perf_counter()
-    source = FrameFolderSource(video, max_side)
-    pipe = LivePipeline(dataclasses.replace(config, sweep_k=()), model=None)  # scored by MEGC's rule, not swept
-    try:
-        sinks = [CallbackSink(on_frame=lambda frame, events: on_frame())] if on_frame is not None else []
-        events = list(StreamRunner(source, pipe, sinks).events())
-        face_frames = pipe.stats.face_frames
-    finally:
-        pipe.close()
-    unreadable = source.unreadable
-    for _ in range(unreadable if on_frame is not None else 0):  # progress counts every frame file
-        on_frame()
     spotted = []
     for ev in events:
-        if ev.kind not in ("micro", "macro"):  # MEGC scores these two kinds only
+        if ev.kind not in ("micro", "macro"):
             continue
         onset, apex, offset = _event_frames(ev)
         spotted.append({"kind": str(ev.kind), "onset": onset + first, "apex": apex + first, "offset": offset + first,
                         "onset_s": round(onset / video.fps, 4), "offset_s": round(offset / video.fps, 4),
                         "score": round(float(getattr(ev, "score", 0.0)), 4)})
-    spotted.sort(key=lambda s: (s["onset"], s["offset"]))
-    return VideoRecord(video.key, signature, spotted, len(video.frames), face_frames, unreadable,
-                       round(time.perf_counter() - started, 3))
+    return sorted(spotted, key=lambda s: (s["onset"], s["offset"]))
+
+
+def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 0, on_frame: Any = None) -> VideoRecord:
+    """Every frame of one long video through the causal spotter (the stream runner over a
+    FrameFolderSource). Frames larger than `max_side` are scaled down first (SAMM's 2040x1088
+    frames at 200 fps would fill gigabytes of frame buffer; the spotter works on a small face crop).
+    config.sweep_k: followers decide the same flows at those threshold_k values (VideoRecord.swept)."""
+    import time
+
+    from slstt.realtime.events import SpotEvent
+    from slstt.realtime.pipeline import LivePipeline
+    from slstt.realtime.runner import StreamRunner
+    from slstt.realtime.sinks import CallbackSink
+
+    started = time.perf_counter()
+    source = FrameFolderSource(video, max_side)
+    pipe = LivePipeline(config, model=None)
+    try:
+        sinks = [CallbackSink(on_frame=lambda frame, events: on_frame())] if on_frame is not None else []
+        events = list(StreamRunner(source, pipe, sinks).events())
+        face_frames = pipe.stats.face_frames
+        followers = pipe.spotter.followers if pipe.spotter is not None else []
+        swept = {k_key(f.cfg.threshold_k): _spotted([SpotEvent.from_interval(n, iv) for n, iv in
+                                                     enumerate(f.intervals, 1)], video) for f in followers}
+    finally:
+        pipe.close()
+    for k in config.sweep_k:  # no face ever tracked: no spotter, no followers, nothing spotted at any k
+        swept.setdefault(k_key(k), [])
+    unreadable = source.unreadable
+    for _ in range(unreadable if on_frame is not None else 0):  # progress counts every frame file
+        on_frame()
+    return VideoRecord(video.key, signature, _spotted(events, video), len(video.frames), face_frames, unreadable,
+                       round(time.perf_counter() - started, 3), swept=swept)
 
 
 def _check_run(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
@@ -220,12 +284,13 @@ def run_megc(table: LongVideoTable, out_dir: Path, config: Any, identity: dict[s
 
     _check_run(out_dir, identity, overwrite)
     chash = config_hash({"live": config_dict(config), "max_side": max_side})
-    run = MegcRun(table.dataset)
+    run = MegcRun(table.dataset, threshold_k=config.spotter.threshold_k, sweep_k=tuple(config.sweep_k))
     todo = []
     for video in table.videos:
         signature = _signature(video, chash)
         record = VideoRecord.read(_record_path(out_dir, video))
-        if record is not None and record.signature == signature and record.key == video.key:
+        if (record is not None and record.signature == signature and record.key == video.key
+                and set(record.swept) == {k_key(k) for k in run.sweep_k}):
             run.videos.append((video, record))
             run.resumed += 1
         else:
@@ -253,8 +318,39 @@ def _csv(columns: list[str], rows: list[list[Any]]) -> str:
     return out.getvalue()
 
 
-def write_results(run: MegcRun, out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """predictions.csv, per_video.csv and results.json (atomic), from the per-video records."""
+def plot_curve(path: Path, run: MegcRun, curve: list[dict[str, Any]], choice: dict[str, Any] | None) -> None:
+    """F1 (micro, macro, overall) per threshold_k beside the MEGC 2020 baseline's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slstt.data.longvideo import MEGC2020_BASELINE
+    from slstt.io import atomic_savefig
+
+    base = MEGC2020_BASELINE[run.dataset]
+    ks = [row["threshold_k"] for row in curve]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, colour in (("micro", "tab:blue"), ("macro", "tab:orange"), ("overall", "tab:green")):
+        ax.plot(ks, [row[f"{kind}_f1"] for row in curve], "o-", color=colour, ms=4, lw=1, label=f"{kind} F1")
+        if kind in base:
+            ax.axhline(base[kind], color=colour, lw=0.8, ls=":", label=f"{kind} F1 {base['method']}")
+    ax.axvline(run.threshold_k, color="tab:red", lw=0.8, ls="--", label="this run's k")
+    if choice is not None:
+        ax.set_title(f"{run.dataset}: leave-one-subject-out k ({choice['select_by']}): micro F1 "
+                     f"{choice['score']['micro']['f1']:.4f}, overall {choice['score']['overall']['f1']:.4f}", fontsize=9)
+    ax.set_xlabel("threshold_k")
+    ax.set_ylabel("F1 (MEGC rule)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_savefig(path, fig, dpi=110)
+    plt.close(fig)
+
+
+def write_results(run: MegcRun, out_dir: Path, identity: dict[str, Any], select_by: str = "overall") -> dict[str, Any]:
+    """predictions.csv, per_video.csv and results.json (atomic), from the per-video records; with a
+    sweep also operating_curve.csv/.png and the leave-one-subject-out choice of threshold_k."""
     from slstt.data.longvideo import MEGC2020_BASELINE, score_megc
     from slstt.io import atomic_write_json, atomic_write_text
     from slstt.provenance import git_revision, package_versions
@@ -279,6 +375,14 @@ def write_results(run: MegcRun, out_dir: Path, identity: dict[str, Any]) -> dict
         "score": score.to_dict(), "baseline": MEGC2020_BASELINE[run.dataset],
         "versions": package_versions(), "git": git_revision(),
     }
+    if run.sweep_k:
+        curve = run.operating_curve()
+        choice = run.subject_choice(select_by)
+        results["operating_curve"] = curve
+        results["subject_choice"] = choice  # None: one subject only
+        atomic_write_text(out_dir / "operating_curve.csv", _csv(CURVE_COLUMNS, [[r[c] for c in CURVE_COLUMNS]
+                                                                               for r in curve]))
+        plot_curve(out_dir / "operating_curve.png", run, curve, choice)
     atomic_write_text(out_dir / "predictions.csv", _csv(PREDICTION_COLUMNS, predictions))
     atomic_write_text(out_dir / "per_video.csv", _csv(PER_VIDEO_COLUMNS, per_video))
     atomic_write_json(out_dir / "results.json", results)
@@ -315,6 +419,25 @@ def print_results(results: dict[str, Any]) -> None:
         table.add_row(kind, str(s["tp"]), str(s["fp"]), str(s["fn"]), f"{s['precision']:.4f}", f"{s['recall']:.4f}",
                       f"{s['f1']:.4f}", f"{base[kind]:.4f}")
     Console().print(table)
+    if "operating_curve" not in results:
+        return
+    curve = Table(title="per threshold_k, on the same flows (a k picked here is tuned on these subjects)")
+    for name in ("threshold_k", "micro TP/FP/FN", "micro F1", "macro F1", "overall F1"):
+        curve.add_column(name, justify="right")
+    for r in results["operating_curve"]:
+        curve.add_row(f"{r['threshold_k']:g}" + (" (this run)" if r["this_run"] else ""),
+                      f"{r['micro_tp']}/{r['micro_fp']}/{r['micro_fn']}", f"{r['micro_f1']:.4f}",
+                      f"{r['macro_f1']:.4f}", f"{r['overall_f1']:.4f}")
+    Console().print(curve)
+    choice = results["subject_choice"]
+    if choice is None:
+        Console().print("leave-one-subject-out choice of threshold_k: needs two subjects or more")
+        return
+    ks = ", ".join(f"{s} {k:g}" for s, k in choice["chosen_k"].items())
+    score = choice["score"]
+    Console().print(f"leave-one-subject-out threshold_k (each subject at the k with the best {choice['select_by']} on "
+                    f"the others): micro F1 {score['micro']['f1']:.4f}, overall F1 {score['overall']['f1']:.4f} "
+                    f"(chosen: {ks})")
 
 
 def spot_long_command(
@@ -326,6 +449,9 @@ def spot_long_command(
     videos: Optional[str] = typer.Option(None, "--videos", help="Only videos whose subject/video key contains one of these comma-separated texts."),  # noqa: UP045
     max_side: int = typer.Option(640, "--max-side", help="Scale frames down to this longest side first (0: as "
                                  "released; SAMM's frames are 2040x1088)."),
+    threshold_k: Optional[float] = typer.Option(None, "--threshold-k", help="Each region's threshold = median + k * MAD of its recent motion (> 0; default: the spotter's)."),  # noqa: UP045
+    sweep_k: Optional[str] = typer.Option(None, "--sweep-k", metavar="K1,K2,...", help="Also decide the same flows at these threshold_k values (one pass) -> operating_curve.csv/.png, and a leave-one-subject-out choice of k: each subject scored at the k that did best on the others."),  # noqa: UP045
+    select_by: str = typer.Option("overall", "--select-by", help="With --sweep-k: the F1 the leave-one-subject-out choice maximises: overall | micro."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results of another run in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -333,14 +459,19 @@ def spot_long_command(
     (micro, macro, overall: TP/FP/FN, precision, recall, F1) beside the MEGC 2020 baseline."""
     from slstt.data.cli import check_input_file, check_output_dir, signals_to_exit_codes
     from slstt.data.longvideo import LONG_DATASETS, load_long_videos
-    from slstt.errors import SlsttError
-    from slstt.realtime.pipeline import LiveConfig
+    from slstt.errors import SlsttError, check_number
+    from slstt.realtime.pipeline import LiveConfig, check_sweep_k
     from slstt.realtime.pooled import config_dict
+    from slstt.realtime.spotting import SpotterConfig
 
     if dataset.lower() not in LONG_DATASETS:
         raise SlsttError(f"--dataset {dataset!r}: choose one of {', '.join(LONG_DATASETS)}")
     if max_side != 0 and not 64 <= max_side <= 8192:
         raise SlsttError(f"--max-side must be 0 (no scaling) or 64..8192 px, got {max_side}")
+    if select_by not in SELECT_BY:
+        raise SlsttError(f"--select-by {select_by!r}: choose {' or '.join(SELECT_BY)}")
+    check_number("--threshold-k", threshold_k, 0.0, 1000.0, low_open=True)
+    swept = check_sweep_k(sweep_k or ())
     check_output_dir(out, "--out")
     check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
     table = load_long_videos(dataset, data_root, annotations)
@@ -354,7 +485,8 @@ def spot_long_command(
         raise SlsttError(f"--out {out} is the data folder; pass a separate results folder")
     for kind, count in table.problem_counts().items():
         typer.echo(f"warning: {count} annotation problem(s): {kind} (see `slstt data check --dataset {dataset}`)", err=True)
-    config = LiveConfig()
+    spotter = SpotterConfig() if threshold_k is None else SpotterConfig(threshold_k=threshold_k)
+    config = LiveConfig(spotter=spotter, sweep_k=tuple(k for k in swept if k != spotter.threshold_k))
     if face_model is not None:
         if not hasattr(config, "face_model"):
             raise SlsttError("--face-model: this spotter takes no face model option; leave it out")
@@ -366,9 +498,10 @@ def spot_long_command(
     identity = json.loads(json.dumps(identity, default=str))  # the form run.json holds
     with signals_to_exit_codes(f"finished videos are kept in {out / 'videos'}"):
         run = run_megc(table, out, config, identity, overwrite=overwrite, max_side=max_side, progress=progress)
-    results = write_results(run, out, identity)
+    results = write_results(run, out, identity, select_by)
     if run.resumed:
         typer.echo(f"resumed: {run.resumed} video(s) taken from {out / 'videos'}", err=True)
     print_per_video(out / "per_video.csv")
     print_results(results)
-    typer.echo(f"results: {out / 'results.json'}, {out / 'per_video.csv'}, {out / 'predictions.csv'}")
+    curve = f", {out / 'operating_curve.csv'}, {out / 'operating_curve.png'}" if run.sweep_k else ""
+    typer.echo(f"results: {out / 'results.json'}, {out / 'per_video.csv'}, {out / 'predictions.csv'}{curve}")

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from slstt.cli import app
 from slstt.data.longvideo import GTInterval, interval_iou, load_long_videos, match_count, score_megc
 from slstt.errors import SlsttError
+from slstt.realtime.spotting import SpotterConfig
 
 runner = CliRunner()
 
@@ -310,3 +311,77 @@ def test_spot_long_end_to_end_equals_hand_computation(casme_synth, tmp_path):
     other = runner.invoke(app, args + ["--videos", "0102"])
     assert isinstance(other.exception, SlsttError) and "--overwrite" in str(other.exception)
     assert json.loads((out / "results.json").read_text())["videos"] == 2
+
+
+def test_spot_long_sweep_equals_runs_at_each_k(casme_synth, tmp_path):
+    """--sweep-k decides the same flows at other threshold_k values: each swept k's intervals equal a
+    run with that k as the spotter's own, and the curve's row at the run's k is the run's score."""
+    root, _ = casme_synth
+    base = ["spot-long", "--dataset", "casme_sq", "--data-root", str(root), "--no-progress"]
+    swept = runner.invoke(app, base + ["--out", str(tmp_path / "swept"), "--sweep-k", "2.5,1000"])
+    assert swept.exit_code == 0, swept.output
+    assert "per threshold_k" in swept.output and "needs two subjects" in swept.output  # one subject: no choice
+    results = json.loads((tmp_path / "swept" / "results.json").read_text())
+    curve = {row["threshold_k"]: row for row in results["operating_curve"]}
+    own = SpotterConfig().threshold_k
+    assert sorted(curve) == sorted({2.5, 1000.0, own}) and curve[own]["this_run"] and results["subject_choice"] is None
+    assert {k: curve[own][f"overall_{k}"] for k in ("tp", "fp", "fn")} == {
+        k: results["score"]["overall"][k] for k in ("tp", "fp", "fn")}
+    # k 1000 puts every region's threshold out of reach: no micro spot, where the run's own k finds them
+    assert curve[1000.0]["micro_tp"] == curve[1000.0]["micro_fp"] == 0 < curve[own]["micro_tp"]
+    assert (tmp_path / "swept" / "operating_curve.png").stat().st_size > 0
+    with open(tmp_path / "swept" / "operating_curve.csv", newline="") as f:
+        assert [float(r["threshold_k"]) for r in csv.DictReader(f)] == sorted(curve)
+    record = json.loads((tmp_path / "swept" / "videos" / "s15__15_0101disgustingteeth.json").read_text())
+    assert set(record["swept"]) == {"2.5", "1000"} and record["swept"]["1000"] != record["spotted"]
+    for k in ("2.5", "1000"):  # a follower decides exactly as a spotter run with its k
+        alone = runner.invoke(app, base + ["--out", str(tmp_path / f"alone{k}"), "--threshold-k", k])
+        assert alone.exit_code == 0, alone.output
+        single = json.loads((tmp_path / f"alone{k}" / "videos" / "s15__15_0101disgustingteeth.json").read_text())
+        assert single["spotted"] == record["swept"][k] and single["swept"] == {}
+    bad = runner.invoke(app, base + ["--out", str(tmp_path / "bad"), "--sweep-k", "2,x"])
+    assert isinstance(bad.exception, SlsttError) and "--sweep-k" in str(bad.exception)
+
+
+def _run_of(records: dict[str, dict[float, list[tuple[str, int, int]]]], truth: dict[str, list[GTInterval]]):
+    """A MegcRun over hand-made records: video key 'subject/video' -> {threshold_k: [(kind, onset, offset)]}."""
+    from slstt.data.longvideo import LongVideo
+    from slstt.realtime.megc import MegcRun, VideoRecord, k_key
+
+    run = MegcRun("casme_sq", threshold_k=4.0, sweep_k=(2.0, 6.0))
+    for key, by_k in records.items():
+        subject, name = key.split("/")
+        spotted = {k: [{"kind": kind, "onset": on, "apex": on, "offset": off, "onset_s": 0.0, "offset_s": 0.0,
+                        "score": 1.0} for kind, on, off in v] for k, v in by_k.items()}
+        video = LongVideo(subject, name, [], [1], 30.0, truth.get(key, []))
+        run.videos.append((video, VideoRecord(key, "sig", spotted[4.0], 100, 100, 0, 1.0,
+                                              swept={k_key(k): spotted[k] for k in (2.0, 6.0)})))
+    return run
+
+
+def test_leave_one_subject_out_threshold_equals_hand_computation():
+    micro = [GTInterval("micro", 10, 12, 20), GTInterval("micro", 50, 52, 60)]
+    truth = {"a/1": micro, "b/1": micro, "c/1": micro}
+    hit1, hit2, miss = ("micro", 10, 20), ("micro", 50, 60), ("micro", 80, 90)
+    records = {  # k 2 finds everything with one false spot; k 4 finds one; k 6 none (per video)
+        "a/1": {2.0: [hit1, hit2, miss], 4.0: [hit1], 6.0: []},
+        "b/1": {2.0: [hit1, hit2, miss], 4.0: [hit1], 6.0: []},
+        "c/1": {2.0: [miss, ("micro", 81, 91), ("micro", 82, 92)], 4.0: [hit1, hit2], 6.0: [hit1]},
+    }
+    run = _run_of(records, truth)
+    # hand: F1 per k on the other two subjects
+    #   without a: b k2 (2 tp, 1 fp) + c k2 (0, 3) -> tp 2 fp 4 fn 2: F1 4/10; k4: tp 3 fp 0 fn 1 -> 6/7; k6: tp 1 -> 2/5
+    #   without b: the same as without a -> k 4
+    #   without c: k2: tp 4 fp 2 fn 0 -> 8/10; k4: tp 2 fp 0 fn 2 -> 4/6; k6: 0 -> k 2
+    choice = run.subject_choice("overall")
+    assert choice["chosen_k"] == {"a": 4.0, "b": 4.0, "c": 2.0}
+    # scored at the chosen k: a k4 (1 tp, 1 fn), b k4 (1, 1), c k2 (0 tp, 3 fp, 2 fn)
+    assert {m: choice["score"]["micro"][m] for m in ("tp", "fp", "fn")} == {"tp": 2, "fp": 3, "fn": 4}
+    assert choice["score"]["micro"]["f1"] == pytest.approx(2 * 2 / (2 * 2 + 3 + 4))
+    curve = run.operating_curve()
+    assert [(r["threshold_k"], r["micro_tp"], r["micro_fp"], r["this_run"]) for r in curve] == [
+        (2.0, 4, 5, False), (4.0, 4, 0, True), (6.0, 1, 0, False)]
+    # ties go to the spotter's own k: with identical records at every k, every subject keeps 4
+    same = _run_of({key: {k: v[4.0] for k in (2.0, 4.0, 6.0)} for key, v in records.items()}, truth)
+    assert set(same.subject_choice("micro")["chosen_k"].values()) == {4.0}
+    assert _run_of({"a/1": records["a/1"]}, truth).subject_choice() is None  # one subject

@@ -509,7 +509,7 @@ def score_megc(predicted_per_video: Mapping[str, Iterable[Any]], truth_per_video
 
 
 # MEGC 2020 baseline (MDMD; He, Wang, Li, Yap, arXiv:1912.11985): F1 per kind and overall.
-MEGC2020_BASELINE = {
+MEGC2020_BASELINE: dict[str, dict[str, Any]] = {  # F1 per kind, and the method's name
     "casme_sq": {"method": "MDMD (MEGC 2020 baseline)", "micro": 0.0082, "macro": 0.1196, "overall": 0.0376},
     "samm_lv": {"method": "MDMD (MEGC 2020 baseline)", "micro": 0.0364, "macro": 0.0629, "overall": 0.0445},
 }
