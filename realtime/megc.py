@@ -23,6 +23,13 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from slstt.data.cli import FACE_MODEL_OPTION
+from slstt.realtime.cli import (
+    DURING_SPEECH_OPTION,
+    LANDMARK_EVERY_OPTION,
+    MAX_MICRO_OPTION,
+    MIN_MICRO_OPTION,
+    THRESHOLD_K_OPTION,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -449,7 +456,11 @@ def spot_long_command(
     videos: Optional[str] = typer.Option(None, "--videos", help="Only videos whose subject/video key contains one of these comma-separated texts."),  # noqa: UP045
     max_side: int = typer.Option(640, "--max-side", help="Scale frames down to this longest side first (0: as "
                                  "released; SAMM's frames are 2040x1088)."),
-    threshold_k: Optional[float] = typer.Option(None, "--threshold-k", help="Each region's threshold = median + k * MAD of its recent motion (> 0; default: the spotter's)."),  # noqa: UP045
+    threshold_k: Optional[float] = THRESHOLD_K_OPTION,  # noqa: UP045
+    min_micro_ms: Optional[float] = MIN_MICRO_OPTION,  # noqa: UP045
+    max_micro_ms: Optional[float] = MAX_MICRO_OPTION,  # noqa: UP045
+    landmark_every: int = LANDMARK_EVERY_OPTION,
+    during_speech: str = DURING_SPEECH_OPTION,
     sweep_k: Optional[str] = typer.Option(None, "--sweep-k", metavar="K1,K2,...", help="Also decide the same flows at these threshold_k values (one pass) -> operating_curve.csv/.png, and a leave-one-subject-out choice of k: each subject scored at the k that did best on the others."),  # noqa: UP045
     select_by: str = typer.Option("overall", "--select-by", help="With --sweep-k: the F1 the leave-one-subject-out choice maximises: overall | micro."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results of another run in --out."),
@@ -459,10 +470,9 @@ def spot_long_command(
     (micro, macro, overall: TP/FP/FN, precision, recall, F1) beside the MEGC 2020 baseline."""
     from slstt.data.cli import check_input_file, check_output_dir, signals_to_exit_codes
     from slstt.data.longvideo import LONG_DATASETS, load_long_videos
-    from slstt.errors import SlsttError, check_number
-    from slstt.realtime.pipeline import LiveConfig, check_sweep_k
+    from slstt.errors import SlsttError
+    from slstt.realtime.pipeline import live_config
     from slstt.realtime.pooled import config_dict
-    from slstt.realtime.spotting import SpotterConfig
 
     if dataset.lower() not in LONG_DATASETS:
         raise SlsttError(f"--dataset {dataset!r}: choose one of {', '.join(LONG_DATASETS)}")
@@ -470,8 +480,9 @@ def spot_long_command(
         raise SlsttError(f"--max-side must be 0 (no scaling) or 64..8192 px, got {max_side}")
     if select_by not in SELECT_BY:
         raise SlsttError(f"--select-by {select_by!r}: choose {' or '.join(SELECT_BY)}")
-    check_number("--threshold-k", threshold_k, 0.0, 1000.0, low_open=True)
-    swept = check_sweep_k(sweep_k or ())
+    config = live_config(threshold_k=threshold_k, min_micro_ms=min_micro_ms, max_micro_ms=max_micro_ms,
+                         landmark_every=landmark_every, face_model=face_model, during_speech=during_speech,
+                         sweep_k=sweep_k or ())
     check_output_dir(out, "--out")
     check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
     table = load_long_videos(dataset, data_root, annotations)
@@ -485,12 +496,6 @@ def spot_long_command(
         raise SlsttError(f"--out {out} is the data folder; pass a separate results folder")
     for kind, count in table.problem_counts().items():
         typer.echo(f"warning: {count} annotation problem(s): {kind} (see `slstt data check --dataset {dataset}`)", err=True)
-    spotter = SpotterConfig() if threshold_k is None else SpotterConfig(threshold_k=threshold_k)
-    config = LiveConfig(spotter=spotter, sweep_k=tuple(k for k in swept if k != spotter.threshold_k))
-    if face_model is not None:
-        if not hasattr(config, "face_model"):
-            raise SlsttError("--face-model: this spotter takes no face model option; leave it out")
-        config.face_model = str(face_model)
     identity = {"dataset": table.dataset, "data_root": str(Path(data_root).resolve()),
                 "annotations": str(table.annotations.resolve()) if table.annotations else None,
                 "videos_selected": sorted(v.key for v in table.videos), "max_side": max_side,
