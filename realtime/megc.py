@@ -447,6 +447,48 @@ def print_results(results: dict[str, Any]) -> None:
                     f"(chosen: {ks})")
 
 
+def spot_long(dataset: str, data_root: Path, config: Any, out: Path, *, annotations: Path | None = None,
+              videos: str | None = None, max_side: int = 640, select_by: str = "overall", overwrite: bool = False,
+              progress: bool = True, on_warning: Any = None) -> tuple[MegcRun, dict[str, Any]]:
+    """`slstt spot-long` and slstt.Detector.spot_long: check the inputs, stream every video not yet
+    recorded in `out` through the spotter of `config` (a LiveConfig; its sweep_k gives the operating
+    curve), write the results files; returns the run and results.json's content."""
+    from slstt.data.cli import check_input_file, check_output_dir
+    from slstt.data.longvideo import LONG_DATASETS, load_long_videos
+    from slstt.errors import SlsttError
+    from slstt.realtime.pooled import config_dict
+
+    out, data_root = Path(out), Path(data_root)
+    if dataset.lower() not in LONG_DATASETS:
+        raise SlsttError(f"--dataset {dataset!r}: choose one of {', '.join(LONG_DATASETS)}")
+    if max_side != 0 and not 64 <= max_side <= 8192:
+        raise SlsttError(f"--max-side must be 0 (no scaling) or 64..8192 px, got {max_side}")
+    if select_by not in SELECT_BY:
+        raise SlsttError(f"--select-by {select_by!r}: choose {' or '.join(SELECT_BY)}")
+    check_output_dir(out, "--out")
+    face_model = Path(config.face_model) if config.face_model else None
+    check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
+    table = load_long_videos(dataset, data_root, annotations)
+    if videos:
+        wanted = [w.strip() for w in videos.split(",") if w.strip()]
+        table.videos = [v for v in table.videos if any(w in v.key for w in wanted)]
+    if not table.videos:
+        raise SlsttError(f"{dataset}: no long video to stream under {data_root}" + (f" matching --videos {videos}" if videos else ""))
+    inputs = {data_root.resolve(), *(Path(f).resolve().parent for v in table.videos[:1] for f in v.frames[:1])}
+    if out.resolve() in inputs:
+        raise SlsttError(f"--out {out} is the data folder; pass a separate results folder")
+    for kind, count in table.problem_counts().items():
+        if on_warning is not None:
+            on_warning(f"{count} annotation problem(s): {kind} (see `slstt data check --dataset {dataset}`)")
+    identity = {"dataset": table.dataset, "data_root": str(data_root.resolve()),
+                "annotations": str(table.annotations.resolve()) if table.annotations else None,
+                "videos_selected": sorted(v.key for v in table.videos), "max_side": max_side,
+                "live_config": config_dict(config)}
+    identity = json.loads(json.dumps(identity, default=str))  # the form run.json holds
+    run = run_megc(table, out, config, identity, overwrite=overwrite, max_side=max_side, progress=progress)
+    return run, write_results(run, out, identity, select_by)
+
+
 def spot_long_command(
     dataset: str = typer.Option(..., "--dataset", "-d", help="casme_sq (CAS(ME)^2, 30 fps) | samm_lv (SAMM Long Videos, 200 fps)"),
     data_root: Path = typer.Option(..., "--data-root", help="Folder holding the release (rawpic/ or SAMM_longvideos/ and the xlsx)."),
@@ -468,42 +510,16 @@ def spot_long_command(
 ) -> None:
     """Stream every MEGC long video through the causal spotter and report the MEGC spotting scores
     (micro, macro, overall: TP/FP/FN, precision, recall, F1) beside the MEGC 2020 baseline."""
-    from slstt.data.cli import check_input_file, check_output_dir, signals_to_exit_codes
-    from slstt.data.longvideo import LONG_DATASETS, load_long_videos
-    from slstt.errors import SlsttError
+    from slstt.data.cli import signals_to_exit_codes
     from slstt.realtime.pipeline import live_config
-    from slstt.realtime.pooled import config_dict
 
-    if dataset.lower() not in LONG_DATASETS:
-        raise SlsttError(f"--dataset {dataset!r}: choose one of {', '.join(LONG_DATASETS)}")
-    if max_side != 0 and not 64 <= max_side <= 8192:
-        raise SlsttError(f"--max-side must be 0 (no scaling) or 64..8192 px, got {max_side}")
-    if select_by not in SELECT_BY:
-        raise SlsttError(f"--select-by {select_by!r}: choose {' or '.join(SELECT_BY)}")
     config = live_config(threshold_k=threshold_k, min_micro_ms=min_micro_ms, max_micro_ms=max_micro_ms,
                          landmark_every=landmark_every, face_model=face_model, during_speech=during_speech,
                          sweep_k=sweep_k or ())
-    check_output_dir(out, "--out")
-    check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
-    table = load_long_videos(dataset, data_root, annotations)
-    if videos:
-        wanted = [w.strip() for w in videos.split(",") if w.strip()]
-        table.videos = [v for v in table.videos if any(w in v.key for w in wanted)]
-    if not table.videos:
-        raise SlsttError(f"{dataset}: no long video to stream under {data_root}" + (f" matching --videos {videos}" if videos else ""))
-    inputs = {Path(data_root).resolve(), *(Path(f).resolve().parent for v in table.videos[:1] for f in v.frames[:1])}
-    if out.resolve() in inputs:
-        raise SlsttError(f"--out {out} is the data folder; pass a separate results folder")
-    for kind, count in table.problem_counts().items():
-        typer.echo(f"warning: {count} annotation problem(s): {kind} (see `slstt data check --dataset {dataset}`)", err=True)
-    identity = {"dataset": table.dataset, "data_root": str(Path(data_root).resolve()),
-                "annotations": str(table.annotations.resolve()) if table.annotations else None,
-                "videos_selected": sorted(v.key for v in table.videos), "max_side": max_side,
-                "live_config": config_dict(config)}
-    identity = json.loads(json.dumps(identity, default=str))  # the form run.json holds
     with signals_to_exit_codes(f"finished videos are kept in {out / 'videos'}"):
-        run = run_megc(table, out, config, identity, overwrite=overwrite, max_side=max_side, progress=progress)
-    results = write_results(run, out, identity, select_by)
+        run, results = spot_long(dataset, data_root, config, out, annotations=annotations, videos=videos,
+                                 max_side=max_side, select_by=select_by, overwrite=overwrite, progress=progress,
+                                 on_warning=lambda m: typer.echo(f"warning: {m}", err=True))
     if run.resumed:
         typer.echo(f"resumed: {run.resumed} video(s) taken from {out / 'videos'}", err=True)
     print_per_video(out / "per_video.csv")

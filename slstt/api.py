@@ -7,6 +7,7 @@ thin wrappers over the same functions, so both behave identically (checks, files
     for event in detector.stream(0):                   # camera index, video file or stream URL
         print(event.kind, event.onset_s, event.offset_s, event.region, event.label)
     result = detector.analyze("clip.mp4", out="analysis", ground_truth="clip.gt.csv")
+    results = slstt.Detector(sweep_k=(2, 3, 5)).spot_long("casme_sq", "CASME_sq/", out="spot_long")
 
     run = slstt.train("data/manifest.csv", dataset="manifest", out="runs/x", epochs=40)
     print(run.pooled, run.checkpoints)
@@ -49,7 +50,8 @@ class Detector:
     threshold_k, min_micro_ms, max_micro_ms, landmark_every, face_model, and any other
     `slstt.realtime.spotting.SpotterConfig` field; sweep_k=(2, 3, 5): analyze with ground truth also
     scores those threshold_k values in the same pass (AnalyzeResult.curve / PooledResult.curve,
-    operating_curve.csv). Checked at once, one line for a bad value."""
+    operating_curve.csv; spot_long: the MEGC curve and a leave-one-subject-out k). Checked at once,
+    one line for a bad value."""
 
     def __init__(self, model: PathLike | None = None, device: str = "auto", *, calibrate: float = 0.0,
                  threshold_k: float | None = None, min_micro_ms: float | None = None,
@@ -113,6 +115,23 @@ class Detector:
                            ground_truth=Path(ground_truth) if ground_truth else None, config=self.config,
                            record=Path(record) if record else None, overwrite=overwrite,
                            face_model=self.face_model, progress=progress, on_warning=on_warning)
+
+    def spot_long(self, dataset: str, data_root: PathLike, out: PathLike = "spot_long", *,
+                  annotations: PathLike | None = None, videos: str | None = None, max_side: int = 640,
+                  select_by: str = "overall", overwrite: bool = False, progress: bool = False,
+                  on_warning: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """`slstt spot-long`: every long video of a MEGC data set (casme_sq | samm_lv) through this
+        detector's spotter, scored by the MEGC rule beside the MEGC 2020 baseline; returns
+        results.json's content (score, baseline; with sweep_k also operating_curve and
+        subject_choice: the leave-one-subject-out threshold_k). Spotting only: the model is not used.
+        The same call again resumes (finished videos are kept in out/videos)."""
+        from slstt.realtime.megc import spot_long
+
+        _, results = spot_long(dataset, Path(data_root), self.config, Path(out),
+                               annotations=Path(annotations) if annotations else None, videos=videos,
+                               max_side=max_side, select_by=select_by, overwrite=overwrite, progress=progress,
+                               on_warning=on_warning)
+        return results
 
 
 def analyze_one(video: Path, out: Path | None, *, model: Path | None, ground_truth: Path | None, config: Any,

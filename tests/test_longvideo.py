@@ -339,6 +339,12 @@ def test_spot_long_sweep_equals_runs_at_each_k(casme_synth, tmp_path):
         assert alone.exit_code == 0, alone.output
         single = json.loads((tmp_path / f"alone{k}" / "videos" / "s15__15_0101disgustingteeth.json").read_text())
         assert single["spotted"] == record["swept"][k] and single["swept"] == {}
+    # the Python API runs the same command: the same scores and curve
+    import slstt
+
+    api = slstt.Detector(sweep_k=(2.5, 1000)).spot_long("casme_sq", root, out=tmp_path / "api")
+    assert api["score"] == results["score"] and api["operating_curve"] == results["operating_curve"]
+    assert json.loads((tmp_path / "api" / "results.json").read_text())["score"] == results["score"]
     bad = runner.invoke(app, base + ["--out", str(tmp_path / "bad"), "--sweep-k", "2,x"])
     assert isinstance(bad.exception, SlsttError) and "--sweep-k" in str(bad.exception)
 
