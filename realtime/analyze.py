@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ class GroundTruth:
     region: str = ""  # optional columns of `slstt synth --style webcam` ground truth
     amplitude_px: float | None = None
     context: str = ""
+    amplitude_crop112: float | None = None  # the same amplitude on the spotter's 112 px face crop
 
 
 def read_ground_truth(path: str | Path) -> list[GroundTruth]:
@@ -60,15 +62,22 @@ def read_ground_truth(path: str | Path) -> list[GroundTruth]:
         if onset < 0 or offset < onset or not onset <= apex <= offset:
             raise SlsttError(f"{path} line {n}: needs 0 <= onset_frame <= apex_frame <= offset_frame; got "
                              f"{onset}, {apex}, {offset}")
-        amplitude = None
-        if r.get("amplitude_px") not in (None, ""):
-            try:
-                amplitude = float(r["amplitude_px"])
-            except ValueError:
-                raise SlsttError(f"{path} line {n}: amplitude_px must be a number") from None
+        amplitude, crop = (_optional_number(path, n, r, name) for name in ("amplitude_px", "amplitude_crop112"))
         out.append(GroundTruth(r["kind"].strip().lower(), (r.get("label") or "").strip(), onset, apex, offset,
-                               (r.get("region") or "").strip(), amplitude, (r.get("context") or "").strip()))
+                               (r.get("region") or "").strip(), amplitude, (r.get("context") or "").strip(), crop))
     return out
+
+
+def _optional_number(path: Path, line: int, row: dict[str, str], column: str) -> float | None:
+    if row.get(column) in (None, ""):
+        return None
+    try:
+        value = float(row[column])
+    except ValueError:
+        raise SlsttError(f"{path} line {line}: {column} must be a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise SlsttError(f"{path} line {line}: {column} must be a finite number >= 0, got {row[column]}")
+    return value
 
 
 def iou(a: tuple[int, int], b: tuple[int, int]) -> float:

@@ -203,6 +203,15 @@ POOLED_OUTPUTS = ("pooled.json", "per_video.csv", "per_group.csv", "pooled.png",
                   *CURVE_OUTPUTS, "videos")  # in --out
 
 
+def crop_band(amplitude: float | None) -> str:
+    """A 1 px band of an event's amplitude on the spotter's 112 px crop ("0-1" ... "4-"): the same video
+    pixels are a smaller movement on a larger face."""
+    if amplitude is None:
+        return ""
+    low = min(int(amplitude), 4)
+    return f"{low}-" if low == 4 else f"{low}-{low + 1}"
+
+
 class _Pool:
     """Accumulates the per-video results of analyze_many."""
 
@@ -237,6 +246,7 @@ class _Pool:
 
     def _count(self, g: GroundTruth, hit: int) -> None:
         for group, value in (("amplitude_px", f"{g.amplitude_px:g}" if g.amplitude_px is not None else ""),
+                             ("amplitude_crop112", crop_band(g.amplitude_crop112)),
                              ("region", g.region), ("context", g.context)):
             if value:
                 counts = self.per_group.setdefault((group, value), [0, 0])

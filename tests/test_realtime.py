@@ -572,3 +572,26 @@ def test_jobs_from_an_unguarded_script_is_one_line_not_a_hang(three_clips, tmp_p
     assert proc.returncode != 0 and time.monotonic() - start < 90
     ours = [line for line in proc.stderr.splitlines() if line.startswith("slstt.errors.SlsttError: analyze --jobs")]
     assert len(ours) == 1 and 'if __name__ == "__main__":' in ours[0], proc.stderr[-3000:]  # workers' output may follow
+
+
+def test_pooled_groups_events_by_their_size_on_the_crop(tmp_path):
+    """per_group.csv's amplitude_crop112 bands: the same video pixels are a smaller movement on a larger
+    face; a ground truth without the column (older files, other tools) just has no band."""
+    from slstt.errors import SlsttError
+    from slstt.realtime.analyze import GroundTruth, read_ground_truth
+    from slstt.realtime.pooled import _Pool, crop_band
+
+    assert [crop_band(a) for a in (None, 0.0, 0.99, 1.0, 2.5, 3.999, 4.0, 9.0)] == [
+        "", "0-1", "0-1", "1-2", "2-3", "3-4", "4-", "4-"]
+    pool = _Pool()
+    for crop, hit in ((0.6, 0), (1.4, 1), (1.9, 0), (4.2, 1), (None, 1)):
+        pool._count(GroundTruth("micro", "x", 1, 2, 3, "brow_raise", 2.5, "busy", crop), hit)
+    bands = {g["value"]: (g["found"], g["truth"]) for g in pool.groups() if g["group"] == "amplitude_crop112"}
+    assert bands == {"0-1": (0, 1), "1-2": (1, 2), "4-": (1, 1)}
+    gt = tmp_path / "v.gt.csv"
+    gt.write_text("kind,label,onset_frame,apex_frame,offset_frame,amplitude_px,amplitude_crop112\n"
+                  "micro,a,1,2,3,2.5,1.25\nmicro,b,5,6,7,2.5,\n")
+    assert [t.amplitude_crop112 for t in read_ground_truth(gt)] == [1.25, None]
+    gt.write_text("kind,label,onset_frame,apex_frame,offset_frame,amplitude_crop112\nmicro,a,1,2,3,-1\n")
+    with pytest.raises(SlsttError, match="line 2: amplitude_crop112 must be a finite number >= 0"):
+        read_ground_truth(gt)

@@ -91,6 +91,12 @@ def test_ground_truth_columns_and_values(small_video: Path) -> None:
     assert info["generator_version"] == webcam.GENERATOR_VERSION  # a cached set of another version is not reused
     assert 55 < info["face_px"] < 165 and len(info["head_pose"]["frames"]) >= 40
     assert all(e["amplitude_crop112"] > 0 for e in info["events"] if e["kind"] == "micro")
+    # the ground truth carries each micro event's size on the spotter's 112 px crop, as events.json has it
+    crop = {e["onset"]: e["amplitude_crop112"] for e in info["events"] if e["kind"] == "micro"}
+    assert {int(r["onset_frame"]): float(r["amplitude_crop112"]) for r in micro} == crop
+    for r in micro:
+        assert float(r["amplitude_crop112"]) == pytest.approx(float(r["amplitude_px"]) * 112 / info["crop_px"], rel=2e-3)
+    assert sorted(t.amplitude_crop112 for t in truth if t.kind == "micro") == sorted(crop.values())
 
 
 def test_h264_readable_by_opencv(small_video: Path) -> None:

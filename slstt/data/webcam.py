@@ -69,7 +69,7 @@ TUNING_SEEDS: tuple[int, ...] = tuple(range(0, 6))
 HELD_OUT_SEEDS: tuple[int, ...] = tuple(range(1000, 1012))
 MICRO_AMPLITUDES: tuple[float, ...] = (1.5, 2.5, 4.0)
 GT_COLUMNS = ("kind,label,onset_frame,apex_frame,offset_frame,onset_s,apex_s,offset_s,"
-              "region,amplitude_px,context,face")
+              "region,amplitude_px,context,face,amplitude_crop112")
 QUIET_HEAD_PX = 1.0  # crop-112 px of nose displacement per 0.2 s below which the head counts as slow
 CROP_PX = 112
 GAP_S = 0.8  # seconds between one micro event's offset and the next one's onset, at least
@@ -1267,7 +1267,8 @@ def gt_rows(events: list[WebcamEvent], fps: float, face: str) -> list[str]:
     rows = [GT_COLUMNS]
     for e in events:
         rows.append(f"{e.kind},{e.label},{e.onset},{e.apex},{e.offset},{e.onset / fps:.4f},{e.apex / fps:.4f},"
-                    f"{e.offset / fps:.4f},{e.region},{e.amplitude_px:g},{e.context},{face}")
+                    f"{e.offset / fps:.4f},{e.region},{e.amplitude_px:g},{e.context},{face},"
+                    + (f"{e.amplitude_crop112:g}" if e.amplitude_crop112 > 0 else ""))
     return rows
 
 
