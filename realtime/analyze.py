@@ -62,20 +62,21 @@ def read_ground_truth(path: str | Path) -> list[GroundTruth]:
         if onset < 0 or offset < onset or not onset <= apex <= offset:
             raise SlsttError(f"{path} line {n}: needs 0 <= onset_frame <= apex_frame <= offset_frame; got "
                              f"{onset}, {apex}, {offset}")
-        amplitude, crop = (_optional_number(path, n, r, name) for name in ("amplitude_px", "amplitude_crop112"))
+        amplitude = _optional_number(path, n, r, "amplitude_px")  # signed for some kinds (a head turn's degrees)
+        crop = _optional_number(path, n, r, "amplitude_crop112", nonnegative=True)
         out.append(GroundTruth(r["kind"].strip().lower(), (r.get("label") or "").strip(), onset, apex, offset,
                                (r.get("region") or "").strip(), amplitude, (r.get("context") or "").strip(), crop))
     return out
 
 
-def _optional_number(path: Path, line: int, row: dict[str, str], column: str) -> float | None:
+def _optional_number(path: Path, line: int, row: dict[str, str], column: str, nonnegative: bool = False) -> float | None:
     if row.get(column) in (None, ""):
         return None
     try:
         value = float(row[column])
     except ValueError:
         raise SlsttError(f"{path} line {line}: {column} must be a number") from None
-    if not math.isfinite(value) or value < 0:
+    if nonnegative and not (math.isfinite(value) and value >= 0):
         raise SlsttError(f"{path} line {line}: {column} must be a finite number >= 0, got {row[column]}")
     return value
 

@@ -592,6 +592,8 @@ def test_pooled_groups_events_by_their_size_on_the_crop(tmp_path):
     gt.write_text("kind,label,onset_frame,apex_frame,offset_frame,amplitude_px,amplitude_crop112\n"
                   "micro,a,1,2,3,2.5,1.25\nmicro,b,5,6,7,2.5,\n")
     assert [t.amplitude_crop112 for t in read_ground_truth(gt)] == [1.25, None]
+    gt.write_text("kind,label,onset_frame,apex_frame,offset_frame,amplitude_px\nhead_turn,yaw,1,2,3,-10.9\n")
+    assert read_ground_truth(gt)[0].amplitude_px == -10.9  # signed: a head turn's degrees
     gt.write_text("kind,label,onset_frame,apex_frame,offset_frame,amplitude_crop112\nmicro,a,1,2,3,-1\n")
     with pytest.raises(SlsttError, match="line 2: amplitude_crop112 must be a finite number >= 0"):
         read_ground_truth(gt)
