@@ -43,7 +43,7 @@ PREDICTION_COLUMNS = ["video", "subject", "kind", "onset", "apex", "offset", "on
 CURVE_COLUMNS = ["threshold_k", "this_run"] + [f"{kind}_{m}" for kind in ("micro", "macro", "overall")
                                                for m in ("tp", "fp", "fn", "precision", "recall", "f1")]
 SELECT_BY = ("overall", "micro")  # the F1 a leave-one-subject-out choice of threshold_k maximises
-PER_VIDEO_COLUMNS = ["video", "subject", "frames", "face_frames", "unreadable_frames", "truth_micro", "truth_macro",
+PER_VIDEO_COLUMNS = ["video", "subject", "frames", "streamed_frames", "face_frames", "unreadable_frames", "truth_micro", "truth_macro",
                      "spotted_micro", "spotted_macro", "tp_micro", "tp_macro", "fp", "fn", "seconds"]
 
 
@@ -60,6 +60,7 @@ class VideoRecord:
     seconds: float
     version: int = RECORD_VERSION
     swept: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # f"{threshold_k:g}" -> spotted (--sweep-k)
+    streamed_frames: int = 0  # frames read (--frame-step: every n-th); 0 in records older than the option: all
 
     @classmethod
     def read(cls, path: Path) -> VideoRecord | None:
@@ -173,17 +174,18 @@ def _resized(image: Any, max_side: int) -> Any:
 class FrameFolderSource:
     """A long video's frame files as a stream runner source (the VideoSource interface): frame
     number n is index n - first, t = index / fps (a missing frame number leaves a gap in time, as
-    it was filmed); an unreadable frame is counted and skipped like a dropped one."""
+    it was filmed); an unreadable frame is counted and skipped like a dropped one. step > 1: only
+    the frame numbers first, first + step, ... are read, as a video at fps / step (index (n - first) / step)."""
 
     is_live = False
     dropped = 0
     backlog = 0
     failure: str | None = None
 
-    def __init__(self, video: LongVideo, max_side: int = 0) -> None:
-        self.video, self.max_side = video, max_side
+    def __init__(self, video: LongVideo, max_side: int = 0, step: int = 1) -> None:
+        self.video, self.max_side, self.step = video, max_side, step
         self.source = video.key
-        self.fps = float(video.fps)
+        self.fps = float(video.fps) / step
         self.width = self.height = 0
         self.gaps: list[GapRecord] = []
         self.unreadable = 0
@@ -195,16 +197,21 @@ class FrameFolderSource:
 
         from slstt.realtime.capture import Frame
 
-        first = self.video.frame_numbers[0]
-        for number, path in zip(self.video.frame_numbers, self.video.frames, strict=True):
+        for number, path in self.selected():
             if self._stop:
                 return
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # SAMM's grayscale frames come back as BGR
             if image is None:
                 self.unreadable += 1
                 continue
-            index = number - first
+            index = (number - self.video.frame_numbers[0]) // self.step
             yield Frame(index, index / self.fps, _resized(image, self.max_side))
+
+    def selected(self) -> list[tuple[int, Path]]:
+        """(frame number, file) of the frames this source reads."""
+        first = self.video.frame_numbers[0]
+        return [(n, f) for n, f in zip(self.video.frame_numbers, self.video.frames, strict=True)
+                if (n - first) % self.step == 0]
 
     def unfinished_gap(self) -> None:
         return None
@@ -213,25 +220,28 @@ class FrameFolderSource:
         self._stop = True
 
 
-def _spotted(events: list[Any], video: LongVideo) -> list[dict[str, Any]]:
-    """Micro and macro events (MEGC scores these two kinds only) in the data set's frame numbers."""
+def _spotted(events: list[Any], video: LongVideo, step: int = 1) -> list[dict[str, Any]]:
+    """Micro and macro events (MEGC scores these two kinds only) in the data set's frame numbers
+    (stream index i of a --frame-step run is frame number first + i * step)."""
     first = video.frame_numbers[0]
     spotted = []
     for ev in events:
         if ev.kind not in ("micro", "macro"):
             continue
-        onset, apex, offset = _event_frames(ev)
+        onset, apex, offset = (i * step for i in _event_frames(ev))
         spotted.append({"kind": str(ev.kind), "onset": onset + first, "apex": apex + first, "offset": offset + first,
                         "onset_s": round(onset / video.fps, 4), "offset_s": round(offset / video.fps, 4),
                         "score": round(float(getattr(ev, "score", 0.0)), 4)})
     return sorted(spotted, key=lambda s: (s["onset"], s["offset"]))
 
 
-def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 0, on_frame: Any = None) -> VideoRecord:
+def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 0, on_frame: Any = None,
+                 step: int = 1) -> VideoRecord:
     """Every frame of one long video through the causal spotter (the stream runner over a
     FrameFolderSource). Frames larger than `max_side` are scaled down first (SAMM's 2040x1088
     frames at 200 fps would fill gigabytes of frame buffer; the spotter works on a small face crop).
-    config.sweep_k: followers decide the same flows at those threshold_k values (VideoRecord.swept)."""
+    config.sweep_k: followers decide the same flows at those threshold_k values (VideoRecord.swept).
+    step: every step-th frame only (FrameFolderSource), the spotter running at fps / step."""
     import time
 
     from slstt.realtime.events import SpotEvent
@@ -240,7 +250,7 @@ def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 
     from slstt.realtime.sinks import CallbackSink
 
     started = time.perf_counter()
-    source = FrameFolderSource(video, max_side)
+    source = FrameFolderSource(video, max_side, step)
     pipe = LivePipeline(config, model=None)
     try:
         sinks = [CallbackSink(on_frame=lambda frame, events: on_frame())] if on_frame is not None else []
@@ -248,7 +258,7 @@ def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 
         face_frames = pipe.stats.face_frames
         followers = pipe.spotter.followers if pipe.spotter is not None else []
         swept = {k_key(f.cfg.threshold_k): _spotted([SpotEvent.from_interval(n, iv) for n, iv in
-                                                     enumerate(f.intervals, 1)], video) for f in followers}
+                                                     enumerate(f.intervals, 1)], video, step) for f in followers}
     finally:
         pipe.close()
     for k in config.sweep_k:  # no face ever tracked: no spotter, no followers, nothing spotted at any k
@@ -256,8 +266,8 @@ def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 
     unreadable = source.unreadable
     for _ in range(unreadable if on_frame is not None else 0):  # progress counts every frame file
         on_frame()
-    return VideoRecord(video.key, signature, _spotted(events, video), len(video.frames), face_frames, unreadable,
-                       round(time.perf_counter() - started, 3), swept=swept)
+    return VideoRecord(video.key, signature, _spotted(events, video, step), len(video.frames), face_frames, unreadable,
+                       round(time.perf_counter() - started, 3), swept=swept, streamed_frames=len(source.selected()))
 
 
 def _check_run(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
@@ -281,7 +291,7 @@ def _check_run(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> None
 
 
 def run_megc(table: LongVideoTable, out_dir: Path, config: Any, identity: dict[str, Any], *, overwrite: bool = False,
-             max_side: int = 0, progress: bool = True) -> MegcRun:
+             max_side: int = 0, progress: bool = True, frame_step: int = 1) -> MegcRun:
     """Stream every video not already recorded in out_dir; write each record as it finishes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -290,7 +300,8 @@ def run_megc(table: LongVideoTable, out_dir: Path, config: Any, identity: dict[s
     from slstt.realtime.pooled import config_dict
 
     _check_run(out_dir, identity, overwrite)
-    chash = config_hash({"live": config_dict(config), "max_side": max_side})
+    chash = config_hash({"live": config_dict(config), "max_side": max_side}
+                        | ({"frame_step": frame_step} if frame_step != 1 else {}))  # earlier records stay valid
     run = MegcRun(table.dataset, threshold_k=config.spotter.threshold_k, sweep_k=tuple(config.sweep_k))
     todo = []
     for video in table.videos:
@@ -306,8 +317,9 @@ def run_megc(table: LongVideoTable, out_dir: Path, config: Any, identity: dict[s
     with Progress(*columns, disable=not progress or not todo) as bar:
         videos_task = bar.add_task("videos", total=len(todo))
         for video, signature in todo:
-            frames_task = bar.add_task(f"  {video.key}", total=len(video.frames))
-            record = stream_video(video, config, signature, max_side, on_frame=lambda t=frames_task: bar.advance(t))
+            frames_task = bar.add_task(f"  {video.key}", total=len(FrameFolderSource(video, step=frame_step).selected()))
+            record = stream_video(video, config, signature, max_side, on_frame=lambda t=frames_task: bar.advance(t),
+                                  step=frame_step)
             atomic_write_json(_record_path(out_dir, video), record.__dict__)
             run.videos.append((video, record))
             bar.remove_task(frames_task)
@@ -370,9 +382,10 @@ def write_results(run: MegcRun, out_dir: Path, identity: dict[str, Any], select_
         one = score_megc({video.key: record.spotted}, {video.key: video.intervals})
         truth = [iv.kind for iv in video.intervals]
         spotted = [s["kind"] for s in record.spotted]
-        per_video.append([video.key, video.subject, record.frames, record.face_frames, record.unreadable_frames,
-                          truth.count("micro"), truth.count("macro"), spotted.count("micro"), spotted.count("macro"),
-                          one.micro.tp, one.macro.tp, one.overall.fp, one.overall.fn, record.seconds])
+        per_video.append([video.key, video.subject, record.frames, record.streamed_frames or record.frames,
+                          record.face_frames, record.unreadable_frames, truth.count("micro"), truth.count("macro"),
+                          spotted.count("micro"), spotted.count("macro"), one.micro.tp, one.macro.tp, one.overall.fp,
+                          one.overall.fn, record.seconds])
     score = run.score()
     results = {
         "dataset": run.dataset, **identity, "videos": len(run.videos),
@@ -406,7 +419,7 @@ def print_per_video(path: Path) -> None:
     for name in ("video", "frames", "face %", "micro", "macro", "FP", "FN"):
         table.add_column(name, justify="left" if name == "video" else "right")
     for r in rows:
-        face = 100.0 * int(r["face_frames"]) / max(1, int(r["frames"]))
+        face = 100.0 * int(r["face_frames"]) / max(1, int(r.get("streamed_frames") or r["frames"]))
         table.add_row(r["video"], r["frames"], f"{face:.0f}",
                       f"{r['truth_micro']} / {r['spotted_micro']} / {r['tp_micro']}",
                       f"{r['truth_macro']} / {r['spotted_macro']} / {r['tp_macro']}", r["fp"], r["fn"])
@@ -448,14 +461,14 @@ def print_results(results: dict[str, Any]) -> None:
 
 
 def spot_long(dataset: str, data_root: Path, config: Any, out: Path, *, annotations: Path | None = None,
-              videos: str | None = None, max_side: int = 640, select_by: str = "overall", overwrite: bool = False,
-              progress: bool = True, on_warning: Any = None) -> tuple[MegcRun, dict[str, Any]]:
+              videos: str | None = None, max_side: int = 640, frame_step: int = 1, select_by: str = "overall",
+              overwrite: bool = False, progress: bool = True, on_warning: Any = None) -> tuple[MegcRun, dict[str, Any]]:
     """`slstt spot-long` and slstt.Detector.spot_long: check the inputs, stream every video not yet
     recorded in `out` through the spotter of `config` (a LiveConfig; its sweep_k gives the operating
     curve), write the results files; returns the run and results.json's content."""
     from slstt.data.cli import check_input_file, check_output_dir
     from slstt.data.longvideo import LONG_DATASETS, load_long_videos
-    from slstt.errors import SlsttError
+    from slstt.errors import SlsttError, check_int
     from slstt.realtime.pooled import config_dict
 
     out, data_root = Path(out), Path(data_root)
@@ -465,6 +478,7 @@ def spot_long(dataset: str, data_root: Path, config: Any, out: Path, *, annotati
         raise SlsttError(f"--max-side must be 0 (no scaling) or 64..8192 px, got {max_side}")
     if select_by not in SELECT_BY:
         raise SlsttError(f"--select-by {select_by!r}: choose {' or '.join(SELECT_BY)}")
+    check_int("--frame-step", frame_step, 1, 100)
     check_output_dir(out, "--out")
     face_model = Path(config.face_model) if config.face_model else None
     check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
@@ -483,9 +497,10 @@ def spot_long(dataset: str, data_root: Path, config: Any, out: Path, *, annotati
     identity = {"dataset": table.dataset, "data_root": str(data_root.resolve()),
                 "annotations": str(table.annotations.resolve()) if table.annotations else None,
                 "videos_selected": sorted(v.key for v in table.videos), "max_side": max_side,
-                "live_config": config_dict(config)}
+                "live_config": config_dict(config)} | ({"frame_step": frame_step} if frame_step != 1 else {})
     identity = json.loads(json.dumps(identity, default=str))  # the form run.json holds
-    run = run_megc(table, out, config, identity, overwrite=overwrite, max_side=max_side, progress=progress)
+    run = run_megc(table, out, config, identity, overwrite=overwrite, max_side=max_side, progress=progress,
+                   frame_step=frame_step)
     return run, write_results(run, out, identity, select_by)
 
 
@@ -498,6 +513,9 @@ def spot_long_command(
     videos: Optional[str] = typer.Option(None, "--videos", help="Only videos whose subject/video key contains one of these comma-separated texts."),  # noqa: UP045
     max_side: int = typer.Option(640, "--max-side", help="Scale frames down to this longest side first (0: as "
                                  "released; SAMM's frames are 2040x1088)."),
+    frame_step: int = typer.Option(1, "--frame-step", help="Stream every N-th frame only, as a video at fps / N "
+                                   "(SAMM-LV's 200 fps: 7 gives 28.6 fps, about the rate the spotter was tuned at, "
+                                   "for a seventh of the work); intervals are given in the data set's frame numbers."),
     threshold_k: Optional[float] = THRESHOLD_K_OPTION,  # noqa: UP045
     min_micro_ms: Optional[float] = MIN_MICRO_OPTION,  # noqa: UP045
     max_micro_ms: Optional[float] = MAX_MICRO_OPTION,  # noqa: UP045
@@ -518,8 +536,8 @@ def spot_long_command(
                          sweep_k=sweep_k or ())
     with signals_to_exit_codes(f"finished videos are kept in {out / 'videos'}"):
         run, results = spot_long(dataset, data_root, config, out, annotations=annotations, videos=videos,
-                                 max_side=max_side, select_by=select_by, overwrite=overwrite, progress=progress,
-                                 on_warning=lambda m: typer.echo(f"warning: {m}", err=True))
+                                 max_side=max_side, frame_step=frame_step, select_by=select_by, overwrite=overwrite,
+                                 progress=progress, on_warning=lambda m: typer.echo(f"warning: {m}", err=True))
     if run.resumed:
         typer.echo(f"resumed: {run.resumed} video(s) taken from {out / 'videos'}", err=True)
     print_per_video(out / "per_video.csv")

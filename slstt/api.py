@@ -118,7 +118,7 @@ class Detector:
 
     def spot_long(self, dataset: str, data_root: PathLike, out: PathLike = "spot_long", *,
                   annotations: PathLike | None = None, videos: str | None = None, max_side: int = 640,
-                  select_by: str = "overall", overwrite: bool = False, progress: bool = False,
+                  frame_step: int = 1, select_by: str = "overall", overwrite: bool = False, progress: bool = False,
                   on_warning: Callable[[str], None] | None = None) -> dict[str, Any]:
         """`slstt spot-long`: every long video of a MEGC data set (casme_sq | samm_lv) through this
         detector's spotter, scored by the MEGC rule beside the MEGC 2020 baseline; returns
@@ -129,8 +129,8 @@ class Detector:
 
         _, results = spot_long(dataset, Path(data_root), self.config, Path(out),
                                annotations=Path(annotations) if annotations else None, videos=videos,
-                               max_side=max_side, select_by=select_by, overwrite=overwrite, progress=progress,
-                               on_warning=on_warning)
+                               max_side=max_side, frame_step=frame_step, select_by=select_by, overwrite=overwrite,
+                               progress=progress, on_warning=on_warning)
         return results
 
 

@@ -391,3 +391,36 @@ def test_leave_one_subject_out_threshold_equals_hand_computation():
     same = _run_of({key: {k: v[4.0] for k in (2.0, 4.0, 6.0)} for key, v in records.items()}, truth)
     assert set(same.subject_choice("micro")["chosen_k"].values()) == {4.0}
     assert _run_of({"a/1": records["a/1"]}, truth).subject_choice() is None  # one subject
+
+
+def test_spot_long_frame_step(casme_synth, casme_tree, tmp_path):
+    """--frame-step N streams frame numbers first, first + N, ... as a video at fps / N (a missing
+    frame leaves its gap) and reports intervals in the data set's own frame numbers."""
+    from slstt.realtime.megc import FrameFolderSource
+
+    table = load_long_videos("casme_sq", casme_tree)
+    worms = next(v for v in table.videos if v.key == "s15/15_0102eatingworms")  # frames 50-52 missing
+    source = FrameFolderSource(worms, step=2)
+    assert source.fps == 15.0
+    expected = [n for n in range(1, 201, 2) if n != 51]
+    assert [n for n, _ in source.selected()] == expected
+    assert [(f.index, f.t) for f in source.frames()] == [((n - 1) // 2, (n - 1) // 2 / 15.0) for n in expected]
+
+    root, _ = casme_synth
+    out = tmp_path / "step"
+    args = ["spot-long", "--dataset", "casme_sq", "--data-root", str(root), "--out", str(out), "--no-progress",
+            "--frame-step", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with open(out / "per_video.csv", newline="") as f:
+        rows = {r["video"]: r for r in csv.DictReader(f)}
+    first = rows["s15/15_0101disgustingteeth"]
+    assert (first["frames"], first["streamed_frames"], first["face_frames"]) == ("210", "105", "105")
+    assert rows["s15/15_0102eatingworms"]["streamed_frames"] == "15"
+    with open(out / "predictions.csv", newline="") as f:
+        predictions = list(csv.DictReader(f))
+    assert predictions and all(int(p[c]) % 2 == 1 for p in predictions for c in ("onset", "apex", "offset"))
+    results = json.loads((out / "results.json").read_text())
+    assert results["frame_step"] == 2 and results["score"]["micro"]["tp"] >= 1  # found at 15 fps too
+    bad = runner.invoke(app, args[:-1] + ["0"])
+    assert isinstance(bad.exception, SlsttError) and "--frame-step" in str(bad.exception)
