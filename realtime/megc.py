@@ -68,7 +68,8 @@ class VideoRecord:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             record = cls(**data)
-            if record.version != RECORD_VERSION or not isinstance(record.swept, dict):
+            if (record.version != RECORD_VERSION or not isinstance(record.swept, dict)
+                    or not isinstance(record.streamed_frames, int) or record.streamed_frames < 0):
                 return None
             for spotted in (record.spotted, *record.swept.values()):
                 if not isinstance(spotted, list):

@@ -302,7 +302,15 @@ def test_spot_long_end_to_end_equals_hand_computation(casme_synth, tmp_path):
     assert [r["video"] for r in per_video] == list(videos) and int(per_video[0]["face_frames"]) > 150
 
     # resumable per video: a damaged record is streamed again, the finished one is reused
+    from slstt.realtime.megc import VideoRecord
+
     record = out / "videos" / "s15__15_0102eatingworms.json"
+    data = json.loads(record.read_text())
+    for bad in ({"streamed_frames": "30"}, {"swept": {"2": "x"}}, {"spotted": [{"kind": "blink"}]}):
+        record.write_text(json.dumps({**data, **bad}))
+        assert VideoRecord.read(record) is None, bad
+    record.write_text(json.dumps(data))
+    assert VideoRecord.read(record) is not None
     record.write_text(record.read_text()[:20])
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "resumed: 1 video(s)" in again.output
