@@ -192,13 +192,16 @@ class FrameFolderSource:
         self.unreadable = 0
         self.on_gap: Any = None
         self._stop = False
+        first = video.frame_numbers[0]
+        self.selected: list[tuple[int, Path]] = [  # (frame number, file) of the frames this source reads
+            (n, f) for n, f in zip(video.frame_numbers, video.frames, strict=True) if (n - first) % step == 0]
 
     def frames(self) -> Iterator[Frame]:
         import cv2
 
         from slstt.realtime.capture import Frame
 
-        for number, path in self.selected():
+        for number, path in self.selected:
             if self._stop:
                 return
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # SAMM's grayscale frames come back as BGR
@@ -207,12 +210,6 @@ class FrameFolderSource:
                 continue
             index = (number - self.video.frame_numbers[0]) // self.step
             yield Frame(index, index / self.fps, _resized(image, self.max_side))
-
-    def selected(self) -> list[tuple[int, Path]]:
-        """(frame number, file) of the frames this source reads."""
-        first = self.video.frame_numbers[0]
-        return [(n, f) for n, f in zip(self.video.frame_numbers, self.video.frames, strict=True)
-                if (n - first) % self.step == 0]
 
     def unfinished_gap(self) -> None:
         return None
@@ -268,7 +265,7 @@ def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 
     for _ in range(unreadable if on_frame is not None else 0):  # progress counts every frame file
         on_frame()
     return VideoRecord(video.key, signature, _spotted(events, video, step), len(video.frames), face_frames, unreadable,
-                       round(time.perf_counter() - started, 3), swept=swept, streamed_frames=len(source.selected()))
+                       round(time.perf_counter() - started, 3), swept=swept, streamed_frames=len(source.selected))
 
 
 def _check_run(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
@@ -318,7 +315,7 @@ def run_megc(table: LongVideoTable, out_dir: Path, config: Any, identity: dict[s
     with Progress(*columns, disable=not progress or not todo) as bar:
         videos_task = bar.add_task("videos", total=len(todo))
         for video, signature in todo:
-            frames_task = bar.add_task(f"  {video.key}", total=len(FrameFolderSource(video, step=frame_step).selected()))
+            frames_task = bar.add_task(f"  {video.key}", total=len(FrameFolderSource(video, step=frame_step).selected))
             record = stream_video(video, config, signature, max_side, on_frame=lambda t=frames_task: bar.advance(t),
                                   step=frame_step)
             atomic_write_json(_record_path(out_dir, video), record.__dict__)
@@ -465,9 +462,10 @@ def spot_long(dataset: str, data_root: Path, config: Any, out: Path, *, annotati
               videos: str | None = None, max_side: int = 640, frame_step: int = 1, select_by: str = "overall",
               overwrite: bool = False, progress: bool = True, on_warning: Any = None) -> tuple[MegcRun, dict[str, Any]]:
     """`slstt spot-long` and slstt.Detector.spot_long: check the inputs, stream every video not yet
-    recorded in `out` through the spotter of `config` (a LiveConfig; its sweep_k gives the operating
-    curve), write the results files; returns the run and results.json's content."""
-    from slstt.data.cli import check_input_file, check_output_dir
+    recorded in `out` through the spotter of `config` (a LiveConfig made by live_config, which checked
+    it; its sweep_k gives the operating curve), write the results files; returns the run and
+    results.json's content."""
+    from slstt.data.cli import check_output_dir
     from slstt.data.longvideo import LONG_DATASETS, load_long_videos
     from slstt.errors import SlsttError, check_int
     from slstt.realtime.pooled import config_dict
@@ -480,9 +478,7 @@ def spot_long(dataset: str, data_root: Path, config: Any, out: Path, *, annotati
     if select_by not in SELECT_BY:
         raise SlsttError(f"--select-by {select_by!r}: choose {' or '.join(SELECT_BY)}")
     check_int("--frame-step", frame_step, 1, 100)
-    check_output_dir(out, "--out")
-    face_model = Path(config.face_model) if config.face_model else None
-    check_input_file(face_model, "--face-model", "MediaPipe face_landmarker.task (or leave it out)")
+    check_output_dir(out, "--out")  # (config's face model: checked by live_config, which made it)
     table = load_long_videos(dataset, data_root, annotations)
     if videos:
         wanted = [w.strip() for w in videos.split(",") if w.strip()]

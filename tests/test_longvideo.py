@@ -411,7 +411,7 @@ def test_spot_long_frame_step(casme_synth, casme_tree, tmp_path):
     source = FrameFolderSource(worms, step=2)
     assert source.fps == 15.0
     expected = [n for n in range(1, 201, 2) if n != 51]
-    assert [n for n, _ in source.selected()] == expected
+    assert [n for n, _ in source.selected] == expected
     assert [(f.index, f.t) for f in source.frames()] == [((n - 1) // 2, (n - 1) // 2 / 15.0) for n in expected]
 
     root, _ = casme_synth
