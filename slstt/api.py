@@ -194,7 +194,7 @@ class TrainResult:
         checkpoint of `fold` (a test subject, or "all" for --protocol all; default: the run's first),
         read from the file without building the model: what `slstt export onnx` puts into the .onnx."""
         from slstt.models.checkpoint import checkpoint_card
-        from slstt.training.loso import fold_dir_name
+        from slstt.training.loso import fold_dir_name, subject_from_fold_dir
 
         if fold is None:
             if not self.checkpoints:
@@ -202,7 +202,7 @@ class TrainResult:
             return checkpoint_card(self.checkpoints[0])
         path = self.run_dir / fold_dir_name(fold) / "checkpoint.pt"
         if not path.is_file():
-            folds = ", ".join(p.parent.name.removeprefix("fold_").replace("__", "/") for p in self.checkpoints) or "none"
+            folds = ", ".join(subject_from_fold_dir(p.parent.name) for p in self.checkpoints) or "none"
             raise SlsttError(f"{self.run_dir}: no checkpoint for fold {fold!r} (finished folds: {folds})")
         return checkpoint_card(path)
 

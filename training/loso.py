@@ -90,6 +90,11 @@ def fold_dir_name(subject: str) -> str:
     return "fold_" + subject.replace("/", "__")
 
 
+def subject_from_fold_dir(name: str) -> str:
+    """fold_dir_name's inverse: 'fold_samm__006' -> 'samm/006'."""
+    return name.removeprefix("fold_").replace("__", "/")
+
+
 def choose_val_subjects(train_subjects: Sequence[str], count: int, seed: int, fold: str) -> list[str]:
     """Deterministic held-out TRAINING subjects for epoch selection (never the test subject)."""
     pool = sorted(train_subjects)
