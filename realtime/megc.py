@@ -233,13 +233,12 @@ def _spotted(events: list[Any], video: LongVideo, step: int = 1) -> list[dict[st
     return sorted(spotted, key=lambda s: (s["onset"], s["offset"]))
 
 
-def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 0, on_frame: Any = None,
-                 step: int = 1) -> VideoRecord:
-    """Every frame of one long video through the causal spotter (the stream runner over a
-    FrameFolderSource). Frames larger than `max_side` are scaled down first (SAMM's 2040x1088
+def stream_video(source: FrameFolderSource, config: Any, signature: str, on_frame: Any = None) -> VideoRecord:
+    """Every frame of one long video that `source` reads through the causal spotter (the stream
+    runner). The source scales frames larger than its `max_side` down first (SAMM's 2040x1088
     frames at 200 fps would fill gigabytes of frame buffer; the spotter works on a small face crop).
     config.sweep_k: followers decide the same flows at those threshold_k values (VideoRecord.swept).
-    step: every step-th frame only (FrameFolderSource), the spotter running at fps / step."""
+    source.step > 1: every step-th frame only, the spotter running at fps / step."""
     import time
 
     from slstt.realtime.events import SpotEvent
@@ -248,7 +247,7 @@ def stream_video(video: LongVideo, config: Any, signature: str, max_side: int = 
     from slstt.realtime.sinks import CallbackSink
 
     started = time.perf_counter()
-    source = FrameFolderSource(video, max_side, step)
+    video, step = source.video, source.step
     pipe = LivePipeline(config, model=None)
     try:
         sinks = [CallbackSink(on_frame=lambda frame, events: on_frame())] if on_frame is not None else []
@@ -315,9 +314,9 @@ def run_megc(table: LongVideoTable, out_dir: Path, config: Any, identity: dict[s
     with Progress(*columns, disable=not progress or not todo) as bar:
         videos_task = bar.add_task("videos", total=len(todo))
         for video, signature in todo:
-            frames_task = bar.add_task(f"  {video.key}", total=len(FrameFolderSource(video, step=frame_step).selected))
-            record = stream_video(video, config, signature, max_side, on_frame=lambda t=frames_task: bar.advance(t),
-                                  step=frame_step)
+            source = FrameFolderSource(video, max_side, frame_step)
+            frames_task = bar.add_task(f"  {video.key}", total=len(source.selected))
+            record = stream_video(source, config, signature, on_frame=lambda t=frames_task: bar.advance(t))
             atomic_write_json(_record_path(out_dir, video), record.__dict__)
             run.videos.append((video, record))
             bar.remove_task(frames_task)

@@ -68,37 +68,35 @@ def run_in_workers(function: Callable[..., Any], tasks: Iterable[tuple], workers
     executor = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start_worker, initargs=(os.getpid(), initializer, initargs))
     blocked = hasattr(signal, "pthread_sigmask")  # a signal while a worker starts would half-start it
-    started: list = []
     try:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if blocked else None
         try:
             futures = [executor.submit(function, *task) for task in tasks]
-            started.extend(list((getattr(executor, "_processes", None) or {}).values()))  # its thread may empty it
         finally:
             if old_mask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         for future in as_completed(futures):
             on_result(future.result())
     except BrokenProcessPool:
-        _stop(executor, started)
+        _stop(executor)
         raise SlsttError(f"{what}: a worker process died before its work was done (killed, out of memory, or a "
                          "Python script using worker processes without `if __name__ == \"__main__\":` around its "
                          "code, which Python's spawn runs again in every worker); fix that or use one process: "
                          "the same command resumes the finished work") from None
     except BaseException:
-        _stop(executor, started)
+        _stop(executor)
         raise
     executor.shutdown(wait=True)
 
 
-def _stop(executor: Any, started: list) -> None:
+def _stop(executor: Any) -> None:
     """Terminate the workers now: ProcessPoolExecutor.shutdown would wait for the running tasks."""
     # _processes is private (Python 3.14 has terminate_workers()); a snapshot: the executor's thread edits it
-    workers = {id(p): p for p in started}
-    workers.update({id(p): p for p in list((getattr(executor, "_processes", None) or {}).values())})
-    for process in workers.values():
+    # (the executor's thread drops a worker from it only on a clean shutdown, never on a broken pool)
+    workers = list((getattr(executor, "_processes", None) or {}).values())
+    for process in workers:
         process.terminate()
     # reaped before the caller's one line is said: a dying worker's traceback would interleave with it
-    for process in workers.values():
+    for process in workers:
         process.join(timeout=5)
     executor.shutdown(wait=False, cancel_futures=True)
